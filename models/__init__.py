@@ -1,0 +1,1 @@
+"""Reference (and, later, optimized) Hawk, Griffin and MQA models in PyTorch and JAX."""

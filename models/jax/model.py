@@ -1,0 +1,178 @@
+"""The model: embedding, residual blocks, final norm, tied output layer (JAX).
+
+Mirrors models/torch/model.py. Params are a plain pytree (nested dicts, `blocks` a list) named
+like the torch state_dict. forward / prefill / decode are jitted; decode compiles once per cache
+shape and takes the stream position as a traced value.
+
+    jm = Model(cfg, impl="reference")
+    params = jm.init(rng)
+    logits = jm.forward(params, tokens, segment_pos)
+    logits, cache = jm.prefill(params, tokens, segment_pos)
+    logits, cache = jm.decode(params, tokens[:, -1:], segment_pos[:, -1:], cache)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from models.config import ModelConfig, embed_multiplier
+from models.jax import blocks, layers
+from models.jax.blocks import AttentionCache, BlockCache, RecurrentCache
+
+IMPLS = ("reference",)
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=["blocks"], meta_fields=["length"])
+@dataclass
+class Cache:
+    """Decode state of every block, and how many tokens the stream holds so far (a Python int)."""
+
+    blocks: list[BlockCache]
+    length: int
+
+    @property
+    def batch_size(self) -> int:
+        first = self.blocks[0]
+        return (first.rg_lru if isinstance(first, RecurrentCache) else first.k).shape[0]
+
+    def nbytes(self) -> int:
+        """Bytes held by the cache arrays."""
+        total = 0
+        for c in self.blocks:
+            arrays = (c.rg_lru, c.conv) if isinstance(c, RecurrentCache) else (c.k, c.v, c.pos)
+            total += sum(a.size * a.dtype.itemsize for a in arrays)
+        return total
+
+
+def check_inputs(tokens, segment_pos) -> None:
+    """Raise a clear error for tokens / segment_pos that the model cannot take."""
+    for name, x in (("tokens", tokens), ("segment_pos", segment_pos)):
+        if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+            raise TypeError(f"{name} must be an integer array [b, t], got {type(x).__name__}")
+        if not jnp.issubdtype(x.dtype, jnp.integer):
+            raise TypeError(f"{name} must be an integer array (int32 [b, t]), got dtype {x.dtype}")
+        if x.ndim != 2:
+            raise ValueError(f"{name} must have rank 2 [batch, time], got shape {list(x.shape)}")
+    if tokens.shape != segment_pos.shape:
+        raise ValueError(
+            f"tokens {list(tokens.shape)} and segment_pos {list(segment_pos.shape)} must have the same shape"
+        )
+    if tokens.shape[1] == 0:
+        raise ValueError("tokens must hold at least one time step")
+
+
+def init(cfg: ModelConfig, key, dtype=jnp.float32) -> dict:
+    """Random parameters with the official initialisation."""
+    k_embed, *k_blocks = jax.random.split(key, cfg.depth + 1)
+    embed = jax.random.normal(k_embed, (cfg.vocab_size, cfg.width)) * math.sqrt(1.0 / cfg.width)
+    return {
+        "embedder": {"input_embedding": embed.astype(dtype)},
+        "blocks": [
+            blocks.init_residual_block(k, cfg, kind, dtype)
+            for k, kind in zip(k_blocks, cfg.block_types, strict=True)
+        ],
+        "final_norm": layers.init_rms_norm(cfg.width, dtype),
+    }
+
+
+def embed(cfg: ModelConfig, params: dict, tokens) -> jax.Array:  # int [b, t] -> [b, t, d]
+    table = params["embedder"]["input_embedding"]
+    x = table[tokens]
+    scale = embed_multiplier(cfg, str(table.dtype))
+    return x if scale is None else x * scale
+
+
+def logits_from(cfg: ModelConfig, params: dict, x) -> jax.Array:  # [b, t, d] -> [b, t, v]
+    logits = (
+        layers.rms_norm(params["final_norm"], x, cfg.norm_eps)
+        @ params["embedder"]["input_embedding"].T
+    )
+    cap = cfg.logits_soft_cap
+    return jnp.tanh(logits / cap) * cap if cap else logits
+
+
+def run(cfg: ModelConfig, params, tokens, segment_pos, cache_blocks, length, return_cache: bool):
+    """The whole stack; cache_blocks None for a fresh stream. Returns (logits, new blocks or None)."""
+    x = embed(cfg, params, tokens)
+    new_blocks = []
+    for i, (kind, p) in enumerate(zip(cfg.block_types, params["blocks"], strict=True)):
+        c = None if cache_blocks is None else cache_blocks[i]
+        x, c = blocks.residual_block(cfg, kind, p, x, segment_pos, c, length, return_cache)
+        new_blocks.append(c)
+    return logits_from(cfg, params, x), (new_blocks if return_cache else None)
+
+
+class Model:
+    """Hawk, Griffin or the MQA Transformer in JAX, as `cfg.block_types` says."""
+
+    def __init__(self, cfg: ModelConfig, impl: str = "reference"):
+        if impl not in IMPLS:
+            raise ValueError(f"unknown impl {impl!r}; valid impls: {', '.join(IMPLS)}")
+        self.config = cfg
+        self.impl = impl
+        self._forward = jax.jit(
+            lambda params, tokens, seg: run(cfg, params, tokens, seg, None, 0, False)[0]
+        )
+        self._prefill = jax.jit(
+            lambda params, tokens, seg: run(cfg, params, tokens, seg, None, 0, True)
+        )
+        self._decode = jax.jit(
+            lambda params, tokens, seg, cache_blocks, length: run(
+                cfg, params, tokens, seg, cache_blocks, length, True
+            )
+        )
+
+    def init(self, key, dtype=jnp.float32) -> dict:
+        """Random parameters (a pytree) with the official initialisation."""
+        return init(self.config, key, dtype)
+
+    def forward(self, params, tokens, segment_pos) -> jax.Array:
+        """Full forward pass: int [b, t] tokens and segment positions -> logits [b, t, v]."""
+        tokens, segment_pos = _as_arrays(tokens, segment_pos)
+        return self._forward(params, tokens, segment_pos)
+
+    def prefill(self, params, tokens, segment_pos) -> tuple[jax.Array, Cache]:
+        """Process a prompt: logits [b, t, v] and the cache to decode from."""
+        tokens, segment_pos = _as_arrays(tokens, segment_pos)
+        logits, new_blocks = self._prefill(params, tokens, segment_pos)
+        return logits, Cache(new_blocks, tokens.shape[1])
+
+    def decode(self, params, tokens, segment_pos, cache: Cache) -> tuple[jax.Array, Cache]:
+        """One step: tokens and segment_pos int [b, 1] -> logits [b, 1, v] and the new cache."""
+        if not isinstance(cache, Cache):
+            raise TypeError(
+                f"cache must be the Cache returned by prefill/decode, got {type(cache).__name__}"
+            )
+        tokens, segment_pos = _as_arrays(tokens, segment_pos)
+        if tokens.shape[1] != 1:
+            raise ValueError(
+                f"decode takes one token per row ([b, 1]), got shape {list(tokens.shape)}; "
+                "use prefill for a prompt"
+            )
+        if tokens.shape[0] != cache.batch_size:
+            raise ValueError(
+                f"decode got a batch of {tokens.shape[0]} but the cache holds a batch of "
+                f"{cache.batch_size}; prefill a cache for this batch size"
+            )
+        if len(cache.blocks) != self.config.depth:
+            raise ValueError(
+                f"cache has {len(cache.blocks)} blocks but the model has {self.config.depth}"
+            )
+        grown = [blocks.grow(self.config, c, cache.length + 1) for c in cache.blocks]
+        logits, new_blocks = self._decode(
+            params, tokens, segment_pos, grown, jnp.int32(cache.length)
+        )
+        return logits, Cache(new_blocks, cache.length + 1)
+
+
+def _as_arrays(tokens, segment_pos):
+    check_inputs(tokens, segment_pos)
+    return jnp.asarray(tokens, jnp.int32), jnp.asarray(segment_pos, jnp.int32)
+
+
+__all__ = ["IMPLS", "AttentionCache", "Cache", "Model", "RecurrentCache", "init", "run"]

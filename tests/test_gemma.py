@@ -1,0 +1,64 @@
+"""Our MQA model equals transformers' Gemma with one KV head (random weights, float32)."""
+
+import pytest
+import torch
+from util import TOL, inputs, randomize_zeros_, rel_err
+
+from models.torch import from_gemma
+
+
+def _gemma(**overrides):
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    kwargs = dict(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+    )
+    kwargs.update(overrides)
+    hf = GemmaForCausalLM(GemmaConfig(**kwargs)).eval()
+    randomize_zeros_(hf)
+    return hf
+
+
+def _step(hf, tokens, cache):
+    """One cached HF step, across the `past_key_values` -> `cache` rename of transformers 5.x."""
+    try:
+        out = hf(tokens, cache=cache, use_cache=True)
+    except TypeError:
+        out = hf(tokens, past_key_values=cache, use_cache=True)
+    new_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    return out.logits, new_cache
+
+
+def test_forward_and_decode_equal_transformers_gemma():
+    hf = _gemma()
+    ours = from_gemma(hf)
+    assert ours.config.family == "mqa" and ours.config.attention_window is None
+    tokens, pos = inputs(2, 40, 256)  # 40 > 16 and 32 slots: the global cache grows twice
+    with torch.no_grad():
+        assert rel_err(ours(tokens, pos), hf(tokens).logits) <= TOL
+        prompt = 12
+        ref, hf_cache = _step(hf, tokens[:, :prompt], None)
+        logits, cache = ours.prefill(tokens[:, :prompt], pos[:, :prompt])
+        assert rel_err(logits, ref) <= TOL
+        for t in range(prompt, tokens.shape[1]):
+            ref, hf_cache = _step(hf, tokens[:, t : t + 1], hf_cache)
+            logits, cache = ours.decode(tokens[:, t : t + 1], pos[:, t : t + 1], cache)
+            assert rel_err(logits, ref) <= TOL, f"decode step {t}"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(num_key_value_heads=2, num_attention_heads=4), "num_key_value_heads=2"),
+        (dict(attention_bias=True), "attention_bias"),
+    ],
+)
+def test_unsupported_gemma_configs_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        from_gemma(_gemma(**overrides))

@@ -1,0 +1,79 @@
+"""Helpers for the tests: inputs with document resets, official configs, random weights, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models.config import ATTENTION, ModelConfig
+
+TOL = 1e-4  # float32 logits, relative Frobenius error
+
+
+def rel_err(a, b) -> float:
+    a = np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64)
+    b = np.asarray(b.detach().cpu() if isinstance(b, torch.Tensor) else b, dtype=np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def inputs(
+    batch: int, t: int, vocab: int, resets: dict[int, list[int]] | None = None, seed: int = 0
+):
+    """Random tokens and segment positions; resets[row] lists indices where a document starts."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, vocab, (batch, t))
+    pos = np.tile(np.arange(t), (batch, 1))
+    for row, starts in (resets or {}).items():
+        for s in starts:
+            pos[row, s:] = np.arange(t - s)
+    return torch.from_numpy(tokens), torch.from_numpy(pos)
+
+
+def official_config(cfg: ModelConfig, flavour: str):
+    """The recurrentgemma GriffinConfig for one of our configs (flavour "torch" or "jax")."""
+    import importlib
+
+    rg = importlib.import_module(f"recurrentgemma.{flavour}")
+    assert cfg.lru_heads == cfg.num_heads and cfg.head_dim * cfg.num_heads == cfg.width
+    kinds = {
+        "recurrent": rg.TemporalBlockType.RECURRENT,
+        "attention": rg.TemporalBlockType.ATTENTION,
+    }
+    return rg.GriffinConfig(
+        vocab_size=cfg.vocab_size,
+        width=cfg.width,
+        mlp_expanded_width=cfg.mlp_width,
+        num_heads=cfg.num_heads,
+        block_types=tuple(kinds[k] for k in cfg.block_types),
+        embeddings_scale_by_sqrt_dim=cfg.embed_scale == "sqrt_bf16",
+        attention_window_size=cfg.attention_window,
+        logits_soft_cap=cfg.logits_soft_cap,
+        lru_width=cfg.lru_width,
+    )
+
+
+def randomize_zeros_(module: torch.nn.Module, std: float = 0.5) -> None:
+    """Give zero-initialised parameters (norm scales, biases) random values, so they are tested."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if bool((p == 0).all()):
+                p.normal_(0.0, std)
+
+
+def randomize_zeros_jax(tree, seed: int = 1, std: float = 0.5):
+    import jax
+
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    leaves = [
+        leaf + std * jax.random.normal(k, leaf.shape, leaf.dtype)
+        if bool((leaf == 0).all())
+        else leaf
+        for leaf, k in zip(leaves, keys, strict=True)
+    ]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def has_attention(cfg: ModelConfig) -> bool:
+    return ATTENTION in cfg.block_types
