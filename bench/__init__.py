@@ -1,0 +1,1 @@
+"""griffin-bench: the benchmark harness (catalog, backends, timing, workloads, runner, records)."""

@@ -1,0 +1,39 @@
+"""Sessions: `nox -s lint tests` (CI runs exactly this), `nox -s bench` (the default suite).
+
+Every session installs the CPU wheel of torch first, so that nothing pulls a multi-GB CUDA build;
+on a GPU machine run the suite with `python -m bench run SUITE` in an environment with CUDA torch.
+"""
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+TORCH_CPU = "torch==2.13.0"
+
+
+def install(session: nox.Session, extras: str) -> None:
+    session.install(TORCH_CPU)
+    session.install("-e", f".[{extras}]")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and format check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite on the CPU (JAX on CPU; the official code and transformers as oracles)."""
+    install(session, "jax,peers,report,test")
+    session.run("pytest", *session.posargs, env={"JAX_PLATFORMS": "cpu"})
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The default benchmark suite (tiny presets on a machine without a GPU)."""
+    install(session, "jax,peers,report")
+    session.run("python", "-m", "bench", *(session.posargs or ["list"]))
