@@ -218,6 +218,27 @@ def _recurrentgemma(name: str, d: int, depth: int, heads: int) -> ModelConfig:
     )
 
 
+def _gemma(name: str, d: int, depth: int, heads: int, head_dim: int, mlp: int) -> ModelConfig:
+    """Gemma-shaped MQA (transformers' GemmaForCausalLM with one KV head): no biases, RoPE on the
+    whole head, embeddings scaled by sqrt(d) in the parameter dtype, global attention."""
+    return ModelConfig(
+        name=name,
+        vocab_size=256_000,
+        width=d,
+        depth=depth,
+        block_pattern=_PATTERNS["mqa"],
+        num_heads=heads,
+        head_dim=head_dim,
+        lru_width=0,
+        lru_heads=1,
+        mlp_width=mlp,
+        attention_window=None,
+        embed_scale="sqrt",
+        rope_fraction=1.0,
+        bias=False,
+    )
+
+
 def _tiny(family: str) -> ModelConfig:
     # Small enough for float32 CPU tests; window 8 so decode wraps the ring buffer quickly.
     return ModelConfig(
@@ -242,12 +263,14 @@ def _build_presets() -> dict[str, ModelConfig]:
             cfg = _paper(family, size)
             presets[cfg.name] = cfg
     presets["recurrentgemma-2b"] = _recurrentgemma("recurrentgemma-2b", 2560, 26, 10)
+    presets["gemma-2b"] = _gemma("gemma-2b", 2048, 18, 8, 256, 16384)
     presets["recurrentgemma-9b"] = _recurrentgemma("recurrentgemma-9b", 4096, 38, 16)
     for family in _PATTERNS:
         presets[f"{family}-tiny"] = _tiny(family)
     presets["recurrentgemma-tiny"] = _recurrentgemma("recurrentgemma-tiny", 64, 3, 2).replace(
         vocab_size=256, attention_window=8
     )
+    presets["gemma-tiny"] = _gemma("gemma-tiny", 64, 3, 4, 16, 160).replace(vocab_size=256)
     return presets
 
 
@@ -358,21 +381,107 @@ def config_from_gemma(hf_config) -> ModelConfig:
         problems.append(f"rope_type {rope.get('rope_type')!r}")
     if problems:
         raise ValueError("cannot convert this Gemma config: " + "; ".join(problems))
-    return ModelConfig(
-        name="gemma-converted",
-        vocab_size=hf_config.vocab_size,
-        width=hf_config.hidden_size,
-        depth=hf_config.num_hidden_layers,
-        block_pattern=(ATTENTION,),
-        num_heads=hf_config.num_attention_heads,
-        head_dim=hf_config.head_dim,
-        lru_width=0,
-        lru_heads=1,
-        mlp_width=hf_config.intermediate_size,
-        attention_window=None,
-        embed_scale="sqrt",
-        rope_fraction=1.0,
-        rope_base=float(theta),
-        bias=False,
-        norm_eps=hf_config.rms_norm_eps,
+    return _named_like_preset(
+        ModelConfig(
+            name="gemma-converted",
+            vocab_size=hf_config.vocab_size,
+            width=hf_config.hidden_size,
+            depth=hf_config.num_hidden_layers,
+            block_pattern=(ATTENTION,),
+            num_heads=hf_config.num_attention_heads,
+            head_dim=hf_config.head_dim,
+            lru_width=0,
+            lru_heads=1,
+            mlp_width=hf_config.intermediate_size,
+            attention_window=None,
+            embed_scale="sqrt",
+            rope_fraction=1.0,
+            rope_base=float(theta),
+            bias=False,
+            norm_eps=hf_config.rms_norm_eps,
+        )
+    )
+
+
+def recurrentgemma_incompatibility(cfg: ModelConfig) -> str | None:
+    """Why the official recurrentgemma code cannot express `cfg`, or None if it can."""
+    reasons = []
+    if cfg.lru_heads != cfg.num_heads and RECURRENT in cfg.block_types:
+        reasons.append(f"lru_heads {cfg.lru_heads} != num_heads {cfg.num_heads}")
+    if cfg.head_dim * cfg.num_heads != cfg.width:
+        reasons.append(
+            f"head_dim * num_heads = {cfg.head_dim * cfg.num_heads} != width {cfg.width}"
+        )
+    if cfg.attention_window is None and ATTENTION in cfg.block_types:
+        reasons.append("global attention (the official code only has local attention)")
+    if (cfg.rope_fraction, cfg.rope_base, cfg.bias, cfg.conv_width, cfg.norm_eps) != (
+        0.5,
+        10_000.0,
+        True,
+        4,
+        1e-6,
+    ):
+        reasons.append(
+            "rope_fraction/rope_base/bias/conv_width/norm_eps differ from the official ones"
+        )
+    if cfg.embed_scale == "sqrt":
+        reasons.append("embed_scale 'sqrt' (official: 'none' or 'sqrt_bf16')")
+    return "; ".join(reasons) or None
+
+
+def recurrentgemma_config(cfg: ModelConfig):
+    """The official `recurrentgemma.common.GriffinConfig` for `cfg` (shared by its torch and jax)."""
+    reason = recurrentgemma_incompatibility(cfg)
+    if reason:
+        raise ValueError(f"{cfg.name} cannot be expressed by recurrentgemma: {reason}")
+    from recurrentgemma import common
+
+    kinds = {
+        RECURRENT: common.TemporalBlockType.RECURRENT,
+        ATTENTION: common.TemporalBlockType.ATTENTION,
+    }
+    return common.GriffinConfig(
+        vocab_size=cfg.vocab_size,
+        width=cfg.width,
+        mlp_expanded_width=cfg.mlp_width,
+        num_heads=cfg.num_heads,
+        block_types=tuple(kinds[k] for k in cfg.block_types),
+        embeddings_scale_by_sqrt_dim=cfg.embed_scale == "sqrt_bf16",
+        attention_window_size=cfg.attention_window or 1,
+        logits_soft_cap=cfg.logits_soft_cap,
+        lru_width=cfg.lru_width or None,
+    )
+
+
+def gemma_incompatibility(cfg: ModelConfig) -> str | None:
+    """Why transformers' Gemma cannot express `cfg`, or None if it can."""
+    reasons = []
+    if RECURRENT in cfg.block_types:
+        reasons.append("recurrent blocks (Gemma is attention only)")
+    if cfg.attention_window is not None:
+        reasons.append("local attention (Gemma attention is global)")
+    if cfg.bias or cfg.rope_fraction != 1.0 or cfg.embed_scale != "sqrt" or cfg.logits_soft_cap:
+        reasons.append("needs bias=False, rope_fraction=1.0, embed_scale='sqrt', no logit soft-cap")
+    return "; ".join(reasons) or None
+
+
+def gemma_config(cfg: ModelConfig):
+    """A transformers `GemmaConfig` (one KV head) for a Gemma-flavoured MQA `cfg`."""
+    reason = gemma_incompatibility(cfg)
+    if reason:
+        raise ValueError(f"{cfg.name} cannot be expressed by transformers' Gemma: {reason}")
+    from transformers import GemmaConfig
+
+    return GemmaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.width,
+        intermediate_size=cfg.mlp_width,
+        num_hidden_layers=cfg.depth,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=1,
+        head_dim=cfg.head_dim,
+        hidden_activation="gelu_pytorch_tanh",
+        rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.rope_base,
+        max_position_embeddings=max(8192, 2 * cfg.head_dim),
     )

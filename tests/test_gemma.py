@@ -4,7 +4,8 @@ import pytest
 import torch
 from util import TOL, inputs, randomize_zeros_, rel_err
 
-from models.torch import from_gemma
+from models.config import preset
+from models.torch import Model, from_gemma, to_gemma
 
 
 def _gemma(**overrides):
@@ -39,6 +40,7 @@ def test_forward_and_decode_equal_transformers_gemma():
     hf = _gemma()
     ours = from_gemma(hf)
     assert ours.config.family == "mqa" and ours.config.attention_window is None
+    assert ours.config.name == "gemma-tiny"  # this config is the preset's
     tokens, pos = inputs(2, 40, 256)  # 40 > 16 and 32 slots: the global cache grows twice
     with torch.no_grad():
         assert rel_err(ours(tokens, pos), hf(tokens).logits) <= TOL
@@ -62,3 +64,13 @@ def test_forward_and_decode_equal_transformers_gemma():
 def test_unsupported_gemma_configs_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         from_gemma(_gemma(**overrides))
+
+
+def test_to_gemma_round_trip():
+    model = Model(preset("gemma-tiny")).eval()
+    randomize_zeros_(model, std=0.2)
+    hf = to_gemma(model)
+    tokens, pos = inputs(2, 16, 256)
+    with torch.no_grad():
+        assert rel_err(hf(tokens).logits, model(tokens, pos)) <= TOL
+    assert from_gemma(hf).config == preset("gemma-tiny")

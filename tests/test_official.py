@@ -9,11 +9,11 @@ decoding, its full forward does not (DESIGN.md).
 import jax.numpy as jnp
 import pytest
 import torch
-from util import TOL, inputs, official_config, randomize_zeros_, randomize_zeros_jax, rel_err
+from util import TOL, inputs, randomize_zeros_, randomize_zeros_jax, rel_err
 
 import models.jax
-from models.config import preset
-from models.torch import from_recurrentgemma
+from models.config import preset, recurrentgemma_config
+from models.torch import Model, from_recurrentgemma, to_recurrentgemma
 
 PRESETS = ["hawk-tiny", "griffin-tiny", "recurrentgemma-tiny"]
 T, PROMPT = 24, 10  # window 8: decode runs past the window; resets at 5 (prompt) and 15 (decode)
@@ -23,7 +23,7 @@ RESETS = {0: [5, 15], 1: [PROMPT]}
 def _official_torch(name):
     from recurrentgemma import torch as rgt
 
-    rg = rgt.Griffin(official_config(preset(name), "torch"), gradient_checkpointing=False)
+    rg = rgt.Griffin(recurrentgemma_config(preset(name)), gradient_checkpointing=False)
     randomize_zeros_(rg)
     return rg.eval()
 
@@ -55,7 +55,7 @@ def test_jax_forward_and_decode_equal_official(name):
     import jax
     from recurrentgemma import jax as rgj
 
-    rg = rgj.Griffin(official_config(preset(name), "jax"), gradient_checkpointing=False)
+    rg = rgj.Griffin(recurrentgemma_config(preset(name)), gradient_checkpointing=False)
     tokens, pos = inputs(2, T, preset(name).vocab_size, RESETS)
     tokens, pos = jnp.asarray(tokens.numpy()), jnp.asarray(pos.numpy())
     rg_params = randomize_zeros_jax(rg.init(jax.random.PRNGKey(0), tokens, pos))
@@ -94,3 +94,30 @@ def test_layers_equal_official_layers():
         y_off, h_off = lru(x, pos, cache=h0)
         y, h = rg_lru_ref(x, lru.input_gate(x), lru.a_gate(x), lru.a_param, pos, h0)
     assert rel_err(y, y_off) <= 1e-6 and rel_err(h, h_off) <= 1e-6
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_our_weights_run_in_the_official_code(name):
+    """to_recurrentgemma (torch and jax): the official models compute what ours compute."""
+    model = Model(preset(name)).eval()
+    randomize_zeros_(model, std=0.2)
+    tokens, pos = inputs(2, 20, model.config.vocab_size, {0: [7]})
+    with torch.no_grad():
+        ours = model(tokens, pos)
+        official, _ = to_recurrentgemma(model, gradient_checkpointing=False)(
+            tokens, pos, return_cache=False
+        )
+    assert rel_err(official, ours) <= TOL
+    jm, params = models.jax.from_torch(model)
+    module, variables = models.jax.to_recurrentgemma(jm.config, params)
+    official_jax, _ = module.apply(
+        variables, jnp.asarray(tokens.numpy()), jnp.asarray(pos.numpy()), return_cache=False
+    )
+    assert rel_err(official_jax, ours) <= TOL
+
+
+def test_configs_the_official_code_cannot_express_are_refused():
+    with pytest.raises(ValueError, match="lru_heads 4 != num_heads 6"):
+        recurrentgemma_config(preset("griffin-100m"))
+    with pytest.raises(ValueError, match="global attention"):
+        recurrentgemma_config(preset("mqa-tiny"))

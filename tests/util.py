@@ -30,29 +30,6 @@ def inputs(
     return torch.from_numpy(tokens), torch.from_numpy(pos)
 
 
-def official_config(cfg: ModelConfig, flavour: str):
-    """The recurrentgemma GriffinConfig for one of our configs (flavour "torch" or "jax")."""
-    import importlib
-
-    rg = importlib.import_module(f"recurrentgemma.{flavour}")
-    assert cfg.lru_heads == cfg.num_heads and cfg.head_dim * cfg.num_heads == cfg.width
-    kinds = {
-        "recurrent": rg.TemporalBlockType.RECURRENT,
-        "attention": rg.TemporalBlockType.ATTENTION,
-    }
-    return rg.GriffinConfig(
-        vocab_size=cfg.vocab_size,
-        width=cfg.width,
-        mlp_expanded_width=cfg.mlp_width,
-        num_heads=cfg.num_heads,
-        block_types=tuple(kinds[k] for k in cfg.block_types),
-        embeddings_scale_by_sqrt_dim=cfg.embed_scale == "sqrt_bf16",
-        attention_window_size=cfg.attention_window,
-        logits_soft_cap=cfg.logits_soft_cap,
-        lru_width=cfg.lru_width,
-    )
-
-
 def randomize_zeros_(module: torch.nn.Module, std: float = 0.5) -> None:
     """Give zero-initialised parameters (norm scales, biases) random values, so they are tested."""
     with torch.no_grad():

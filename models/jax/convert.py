@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from models.config import config_from_recurrentgemma
+from models.config import ModelConfig, config_from_recurrentgemma, recurrentgemma_config
 from models.jax.model import Model
 from models.params import unflatten
 
@@ -39,6 +39,34 @@ def from_recurrentgemma(rg_module, rg_params) -> tuple[Model, dict]:
         up = block["mlp_block"]["ffw_up"]
         up["b"] = up["b"].reshape(2, -1)  # official shape [2, 1, 1, m]
     return Model(cfg), params
+
+
+def to_recurrentgemma(cfg: ModelConfig, params: dict, dtype=None):
+    """Our params as an official `recurrentgemma.jax.Griffin` and its {"params": ...} variables."""
+    from recurrentgemma import jax as rgj
+
+    def to_flax(node):
+        if not isinstance(node, dict):
+            return node
+        if "weight" in node:  # our [out, in] linear -> flax Dense kernel [in, out]
+            out = {"kernel": node["weight"].T}
+            if "bias" in node:
+                out["bias"] = node["bias"]
+            return out
+        return {k: to_flax(v) for k, v in node.items()}
+
+    tree = {
+        "embedder": {"input_embedding": params["embedder"]["input_embedding"]},
+        "final_norm": {"scale": params["final_norm"]["scale"]},
+    }
+    for i, block in enumerate(params["blocks"]):
+        flax_block = to_flax(block)
+        up = flax_block["mlp_block"]["ffw_up"]
+        flax_block["mlp_block"]["ffw_up"] = {"w": up["w"], "b": up["b"].reshape(2, 1, 1, -1)}
+        tree[f"blocks.{i}"] = flax_block
+    dtype = dtype or params["embedder"]["input_embedding"].dtype
+    module = rgj.Griffin(recurrentgemma_config(cfg), dtype=dtype, param_dtype=dtype)
+    return module, {"params": tree}
 
 
 def from_torch(model) -> tuple[Model, dict]:

@@ -96,14 +96,18 @@ def logits_from(cfg: ModelConfig, params: dict, x) -> jax.Array:  # [b, t, d] ->
     return jnp.tanh(logits / cap) * cap if cap else logits
 
 
-def run(cfg: ModelConfig, params, tokens, segment_pos, cache_blocks, length, return_cache: bool):
-    """The whole stack; cache_blocks None for a fresh stream. Returns (logits, new blocks or None)."""
+def run(
+    cfg: ModelConfig, params, tokens, segment_pos, cache_blocks, length, return_cache, logits="all"
+):
+    """The whole stack; cache_blocks None for a fresh stream. Returns (logits, new blocks or None);
+    logits for every position, or for the last one only with logits="last"."""
     x = embed(cfg, params, tokens)
     new_blocks = []
     for i, (kind, p) in enumerate(zip(cfg.block_types, params["blocks"], strict=True)):
         c = None if cache_blocks is None else cache_blocks[i]
         x, c = blocks.residual_block(cfg, kind, p, x, segment_pos, c, length, return_cache)
         new_blocks.append(c)
+    x = x if logits == "all" else x[:, -1:]
     return logits_from(cfg, params, x), (new_blocks if return_cache else None)
 
 
@@ -119,7 +123,10 @@ class Model:
             lambda params, tokens, seg: run(cfg, params, tokens, seg, None, 0, False)[0]
         )
         self._prefill = jax.jit(
-            lambda params, tokens, seg: run(cfg, params, tokens, seg, None, 0, True)
+            lambda params, tokens, seg, logits: run(
+                cfg, params, tokens, seg, None, 0, True, logits
+            ),
+            static_argnums=3,
         )
         self._decode = jax.jit(
             lambda params, tokens, seg, cache_blocks, length: run(
@@ -136,10 +143,14 @@ class Model:
         tokens, segment_pos = _as_arrays(tokens, segment_pos)
         return self._forward(params, tokens, segment_pos)
 
-    def prefill(self, params, tokens, segment_pos) -> tuple[jax.Array, Cache]:
-        """Process a prompt: logits [b, t, v] and the cache to decode from."""
+    def prefill(
+        self, params, tokens, segment_pos, *, logits: str = "all"
+    ) -> tuple[jax.Array, Cache]:
+        """Process a prompt: logits [b, t, v] (or [b, 1, v] with logits="last") and the cache."""
+        if logits not in ("all", "last"):
+            raise ValueError(f"logits must be 'all' or 'last', got {logits!r}")
         tokens, segment_pos = _as_arrays(tokens, segment_pos)
-        logits, new_blocks = self._prefill(params, tokens, segment_pos)
+        logits, new_blocks = self._prefill(params, tokens, segment_pos, logits)
         return logits, Cache(new_blocks, tokens.shape[1])
 
     def decode(self, params, tokens, segment_pos, cache: Cache) -> tuple[jax.Array, Cache]:

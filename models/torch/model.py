@@ -66,6 +66,11 @@ def check_inputs(tokens, segment_pos) -> None:
         raise ValueError("tokens must hold at least one time step")
 
 
+def _check_logits_option(logits: str) -> None:
+    if logits not in ("all", "last"):
+        raise ValueError(f"logits must be 'all' or 'last', got {logits!r}")
+
+
 class Model(nn.Module):
     """Hawk, Griffin or the MQA Transformer, as `cfg.block_types` says."""
 
@@ -98,7 +103,7 @@ class Model(nn.Module):
         cap = self.config.logits_soft_cap
         return torch.tanh(logits / cap) * cap if cap else logits
 
-    def _run(self, tokens, segment_pos, cache: Cache | None, return_cache: bool):
+    def _run(self, tokens, segment_pos, cache: Cache | None, return_cache: bool, logits="all"):
         check_inputs(tokens, segment_pos)
         x = self.embed(tokens)
         length = 0 if cache is None else cache.length
@@ -109,7 +114,7 @@ class Model(nn.Module):
             )
             new_blocks.append(c)
         new_cache = Cache(new_blocks, length + tokens.shape[1]) if return_cache else None
-        return self.logits(x), new_cache
+        return self.logits(x if logits == "all" else x[:, -1:]), new_cache
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -118,10 +123,11 @@ class Model(nn.Module):
         return self._run(tokens, segment_pos, None, return_cache=False)[0]
 
     def prefill(
-        self, tokens: torch.Tensor, segment_pos: torch.Tensor
+        self, tokens: torch.Tensor, segment_pos: torch.Tensor, *, logits: str = "all"
     ) -> tuple[torch.Tensor, Cache]:
-        """Process a prompt: logits [b, t, v] and the cache to decode from."""
-        return self._run(tokens, segment_pos, None, return_cache=True)
+        """Process a prompt: logits [b, t, v] (or [b, 1, v] with logits="last") and the cache."""
+        _check_logits_option(logits)
+        return self._run(tokens, segment_pos, None, return_cache=True, logits=logits)
 
     def decode(
         self, tokens: torch.Tensor, segment_pos: torch.Tensor, cache: Cache
