@@ -1,21 +1,114 @@
-"""Command line: `python -m bench list` shows the models that can be benchmarked."""
+"""griffin-bench command line.
+
+python -m bench list [models|impls|workloads|suites]
+python -m bench run SUITE [--out DIR] [--device cpu|cuda] [--impl NAME ...] [--model NAME ...]
+python -m bench show RESULTS.jsonl [...]
+python -m bench ceilings [--device cpu|cuda]
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from models.config import PRESETS, describe, preset
+DEFAULT_OUT = Path("results/local")
+
+
+def _list(what: str) -> None:
+    from bench import catalog
+    from bench.workloads import WORKLOADS
+    from models.config import PRESETS, describe, preset
+
+    if what in ("all", "models"):
+        print("models:")
+        for name in PRESETS:
+            print("  " + describe(preset(name)))
+    if what in ("all", "impls"):
+        print("implementations:")
+        for impl in catalog.IMPLEMENTATIONS:
+            missing = catalog.missing_requirements(impl)
+            state = f"unavailable ({missing})" if missing else "available"
+            print(f"  {impl.name:<22} {impl.backend:<5} {impl.role:<9} {state}: {impl.description}")
+    if what in ("all", "workloads"):
+        print("workloads:")
+        for name, wl in WORKLOADS.items():
+            params = [*wl.required, *(f"{k}={v}" for k, v in wl.defaults.items())]
+            print(f"  {name:<11} {', '.join(params)}: {(wl.__doc__ or '').strip()}")
+    if what in ("all", "suites"):
+        import tomllib
+
+        print("suites:")
+        for name in catalog.suites():
+            desc = tomllib.loads(catalog.suite_path(name).read_text()).get("description", "")
+            print(f"  {name:<12} {desc}")
+
+
+def _run(args) -> int:
+    from bench import runner, suite
+
+    device = args.device or runner.default_device()
+    s = suite.load(args.suite, device, impls=args.impl, models=args.model)
+    out = Path(args.out) / f"{s.name}.jsonl"
+    if args.dry_run:
+        for p in s.points:
+            print(p.label())
+        print(f"{len(s.points)} points -> {out}")
+        return 0
+    runner.run(s, out, device, isolate=not args.no_isolate, progress=not args.quiet)
+    from bench.show import show
+
+    show([out], run_only=False)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="griffin-bench: measure Hawk, Griffin and MQA implementations side by side.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list the model presets")
+    p_list = sub.add_parser("list", help="models, implementations, workloads and suites")
+    p_list.add_argument(
+        "what", nargs="?", default="all", choices=["all", "models", "impls", "workloads", "suites"]
+    )
+
+    p_run = sub.add_parser("run", help="run a suite (a name from `list suites` or a .toml path)")
+    p_run.add_argument("suite")
+    p_run.add_argument(
+        "--out", default=str(DEFAULT_OUT), help=f"records folder (default {DEFAULT_OUT})"
+    )
+    p_run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
+    p_run.add_argument("--impl", action="append", help="only this implementation (repeatable)")
+    p_run.add_argument("--model", action="append", help="only this model (repeatable)")
+    p_run.add_argument("--no-isolate", action="store_true", help="run every point in this process")
+    p_run.add_argument("--dry-run", action="store_true", help="list the points and stop")
+    p_run.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    p_show = sub.add_parser("show", help="summarise records files")
+    p_show.add_argument("results", nargs="+")
+
+    p_ceil = sub.add_parser("ceilings", help="measure copy bandwidth and matmul rate here")
+    p_ceil.add_argument("--device", choices=["cpu", "cuda"])
+
     args = parser.parse_args(argv)
-    if args.command == "list":
-        for name in PRESETS:
-            print(describe(preset(name)))
+    try:
+        if args.command == "list":
+            _list(args.what)
+        elif args.command == "run":
+            return _run(args)
+        elif args.command == "show":
+            from bench.show import show
+
+            show([Path(p) for p in args.results])
+        elif args.command == "ceilings":
+            from bench import ceilings, runner
+
+            for k, v in ceilings.measure(args.device or runner.default_device()).items():
+                print(f"{k}: {v}")
+    except ValueError as exc:  # bad suite, unknown names: a clear message, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,0 +1,115 @@
+"""The ONE catalog: every model, implementation, workload and suite that can be benchmarked.
+
+CLI choices, tests and report sections derive from it. Implementations are referenced by module
+path and imported lazily, so this file imports without JAX, Triton or the peers; a missing
+dependency is an explicit `unavailable` status, never a silent fallback.
+
+Each implementation module (bench/impls/*.py) provides
+    supports(cfg) -> str | None           why it cannot run this model (None: it can)
+    build(source, dtype, backend) -> Handle   (see bench/impls/base.py)
+where `source` is our torch reference Model holding the case's weights: every implementation is
+built from the same weights, so all compute the same function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.workloads import WORKLOADS  # noqa: F401  (name -> Workload: part of the catalog)
+from models.config import PRESETS
+
+
+@dataclass(frozen=True)
+class Implementation:
+    name: str
+    backend: str  # "torch" | "jax"
+    module: str  # adapter module, imported lazily
+    requires: tuple[str, ...]  # importable top-level modules
+    role: str  # "reference" (the correctness oracle), "ours" or "peer"
+    description: str
+
+
+IMPLEMENTATIONS: tuple[Implementation, ...] = (
+    Implementation(
+        "ours-torch-reference",
+        "torch",
+        "bench.impls.ours_torch",
+        ("torch",),
+        "reference",
+        "our PyTorch reference model (models.torch.Model, impl='reference')",
+    ),
+    Implementation(
+        "ours-jax-reference",
+        "jax",
+        "bench.impls.ours_jax",
+        ("jax", "optax"),
+        "ours",
+        "our JAX reference model (models.jax.Model, impl='reference'), jitted",
+    ),
+    Implementation(
+        "recurrentgemma-torch",
+        "torch",
+        "bench.impls.recurrentgemma_torch",
+        ("recurrentgemma", "einops", "jaxtyping", "typeguard"),
+        "peer",
+        "the official recurrentgemma PyTorch Griffin (its defaults: gradient checkpointing on)",
+    ),
+    Implementation(
+        "recurrentgemma-jax",
+        "jax",
+        "bench.impls.recurrentgemma_jax",
+        ("recurrentgemma", "jax", "flax", "optax", "einops", "jaxtyping", "typeguard"),
+        "peer",
+        "the official recurrentgemma Flax Griffin (scan_type AUTO), jitted",
+    ),
+    Implementation(
+        "transformers-gemma",
+        "torch",
+        "bench.impls.transformers_gemma",
+        ("transformers",),
+        "peer",
+        "transformers GemmaForCausalLM with one KV head (SDPA attention, DynamicCache)",
+    ),
+)
+
+REFERENCE = "ours-torch-reference"
+MODELS = PRESETS
+SUITES_DIR = Path(__file__).parent / "suites"
+
+
+def implementation(name: str) -> Implementation:
+    for impl in IMPLEMENTATIONS:
+        if impl.name == name:
+            return impl
+    valid = ", ".join(i.name for i in IMPLEMENTATIONS)
+    raise ValueError(f"unknown implementation {name!r}; valid implementations: {valid}")
+
+
+def suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
+
+
+def suite_path(name_or_path: str) -> Path:
+    """A suite by name (bench/suites/NAME.toml) or by path to a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" and path.exists():
+        return path
+    candidate = SUITES_DIR / f"{name_or_path}.toml"
+    if candidate.exists():
+        return candidate
+    raise ValueError(
+        f"unknown suite {name_or_path!r}; valid suites: {', '.join(suites())} (or a path to a .toml file)"
+    )
+
+
+def missing_requirements(impl: Implementation) -> str | None:
+    """Which of the implementation's modules cannot be imported here, or None."""
+    missing = [m for m in impl.requires if importlib.util.find_spec(m) is None]
+    return f"missing Python packages: {', '.join(missing)}" if missing else None
+
+
+def adapter(impl: Implementation):
+    return importlib.import_module(impl.module)

@@ -1,0 +1,1 @@
+"""Implementation adapters: one module per catalog implementation (ours and the peers)."""

@@ -1,0 +1,111 @@
+"""What every implementation handle offers the workloads.
+
+handle.backend                       bench.backends.TorchBackend | JaxBackend
+handle.prefill(tokens, pos)          -> (last-position logits [b, 1, v], cache)
+handle.decode(token, pos, cache)     -> (logits [b, 1, v], cache)
+handle.fresh(cache)                  -> a cache that decode may consume (a copy when decode
+                                        mutates its cache in place, else the same object)
+handle.train_step()                  -> (step(tokens, pos, targets) -> loss, restore())
+                                        forward + cross-entropy + backward + AdamW; restore()
+                                        puts back the weights the handle was built with
+handle.cache_nbytes(cache)           -> bytes held by a cache
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import numpy as np
+
+LEARNING_RATE = 1e-5
+
+
+def tree_nbytes(obj) -> int:
+    """Bytes of every tensor/array inside nested dicts, lists, tuples, NamedTuples, dataclasses."""
+    if obj is None or isinstance(obj, str | int | float | bool):
+        return 0
+    if hasattr(obj, "nbytes") and hasattr(obj, "shape"):
+        return int(obj.nbytes)
+    if hasattr(obj, "element_size") and hasattr(obj, "numel"):  # torch.Tensor
+        return obj.element_size() * obj.numel()
+    if isinstance(obj, dict):
+        return sum(tree_nbytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tree_nbytes(v) for v in obj)
+    if dataclasses.is_dataclass(obj):
+        return sum(tree_nbytes(getattr(obj, f.name)) for f in dataclasses.fields(obj))
+    if hasattr(obj, "__dict__"):  # e.g. a transformers Cache object
+        return sum(tree_nbytes(v) for v in vars(obj).values())
+    return 0
+
+
+def torch_train_step(model, logits_fn):
+    """A training step for a torch module: forward, float32 cross-entropy, backward, AdamW.
+
+    Weights stay in their dtype (bf16 training without fp32 master weights, the same for every
+    torch implementation). Returns (step, restore).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    saved = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = params[0].is_cuda
+    opt = torch.optim.AdamW(params, lr=LEARNING_RATE, fused=fused)
+    model.train()
+
+    def step(tokens, pos, targets):
+        logits = logits_fn(tokens, pos)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def restore():
+        model.eval()
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                v.copy_(saved[k])
+
+    return step, restore
+
+
+def jax_train_step(loss_logits_fn, params):
+    """A jitted training step for a JAX model: forward, float32 cross-entropy, backward, AdamW.
+
+    `loss_logits_fn(params, tokens, pos) -> logits`. Params are threaded functionally (donated),
+    so the handle's own params are untouched and restore() has nothing to do.
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    opt = optax.adamw(LEARNING_RATE)
+    params = jax.tree_util.tree_map(jnp.copy, params)  # donated below; the handle keeps its own
+    state = {"params": params, "opt": opt.init(params)}
+
+    def loss_fn(p, tokens, pos, targets):
+        logits = loss_logits_fn(p, tokens, pos).astype(jnp.float32)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
+
+    @partial(jax.jit, donate_argnums=(0, 1))
+    def update(p, opt_state, tokens, pos, targets):
+        loss, grads = jax.value_and_grad(loss_fn)(p, tokens, pos, targets)
+        updates, opt_state = opt.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state, loss
+
+    def step(tokens, pos, targets):
+        state["params"], state["opt"], loss = update(
+            state["params"], state["opt"], tokens, pos, targets
+        )
+        return loss
+
+    return step, lambda: None
+
+
+def positions(batch: int, start: int, length: int) -> np.ndarray:
+    """Segment positions of one document per row: start .. start + length - 1."""
+    return np.tile(np.arange(start, start + length), (batch, 1))

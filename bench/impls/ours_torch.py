@@ -1,0 +1,38 @@
+"""ours-torch-reference: models.torch.Model(impl="reference") — the source model itself."""
+
+from __future__ import annotations
+
+import torch
+
+from bench.impls.base import torch_train_step
+
+
+def supports(cfg) -> str | None:
+    return None
+
+
+class Handle:
+    def __init__(self, model, backend):
+        self.model = model.eval()
+        self.backend = backend
+
+    @torch.no_grad()
+    def prefill(self, tokens, pos):
+        return self.model.prefill(tokens, pos, logits="last")
+
+    @torch.no_grad()
+    def decode(self, token, pos, cache):
+        return self.model.decode(token, pos, cache)
+
+    def fresh(self, cache):
+        return cache  # decode returns a new cache and leaves this one unchanged
+
+    def train_step(self):
+        return torch_train_step(self.model, self.model)
+
+    def cache_nbytes(self, cache) -> int:
+        return cache.nbytes()
+
+
+def build(source, dtype, backend) -> Handle:
+    return Handle(source, backend)

@@ -1,0 +1,216 @@
+"""Runs a suite: case x implementation -> availability -> correctness gate -> timing -> record.
+
+Order of work: the ceilings (copy bandwidth, matmul rate) first; then, per (model, dtype), the
+reference outputs of the correctness gate, then each implementation's points (training last, since
+it updates weights). Each job runs in a fresh worker process unless isolation is off; a worker that
+dies (crash, CUDA fault, kill) costs only the point it was on, recorded as `error`, and a new
+worker takes the rest. Points already in the records file are skipped, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import catalog
+from bench.results import SCHEMA_VERSION, RecordWriter, recorded_keys
+from bench.suite import Point, Suite
+from bench.worker import MARK, run_job
+
+_ORDER = {"prefill": 0, "decode": 1, "throughput": 2, "train_step": 3}
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Progress:
+    """One line per finished point on stderr, with the elapsed time and an ETA."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.total, self.done, self.enabled = total, 0, enabled
+        self.t0 = time.perf_counter()
+
+    def point(self, label: str, status: str, median: str) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / self.done * (self.total - self.done)
+        ms = "" if median == "-" else f" {float(median):.4g} ms"
+        print(
+            f"[{self.done:>{len(str(self.total))}}/{self.total} {100 * self.done / self.total:3.0f}%"
+            f" {_hms(elapsed)} ETA {_hms(eta)}] {label}: {status}{ms}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            print(text, file=sys.stderr, flush=True)
+
+
+def _hms(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _point_dict(p: Point) -> dict:
+    return {**dataclasses.asdict(p), "params": [list(kv) for kv in p.params]}
+
+
+def _groups(points: list[Point]) -> list[tuple[str, str, list[Point]]]:
+    """[(model, dtype, points of that model+dtype)], in suite order."""
+    out: dict[tuple[str, str], list[Point]] = {}
+    for p in points:
+        out.setdefault((p.model, p.dtype), []).append(p)
+    return [(m, d, ps) for (m, d), ps in out.items()]
+
+
+def run(
+    suite: Suite,
+    out: Path,
+    device: str | None = None,
+    *,
+    isolate: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Run the suite's points not yet in `out` (a JSONL file). Returns a small summary."""
+    device = device or default_device()
+    out = Path(out)
+    RecordWriter(out)  # creates the folder, repairs a torn last line
+    done = recorded_keys(out)
+    todo = [p for p in suite.points if p.key not in done]
+    prog = Progress(len(todo), progress)
+    run_id = (
+        f"{suite.name}-{datetime.datetime.now(datetime.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+    )
+    summary = {"run_id": run_id, "skipped": len(suite.points) - len(todo), "points": len(todo)}
+    if not todo:
+        prog.note(f"{suite.name}: all {len(suite.points)} points already recorded in {out}")
+        return summary
+    prog.note(
+        f"{suite.name}: {len(todo)} points on {device} -> {out}"
+        + (f" ({summary['skipped']} already recorded)" if summary["skipped"] else "")
+    )
+    base = {"device": device, "out": str(out), "run_id": run_id, "suite": suite.name}
+    base["timing"] = dataclasses.asdict(suite.timing)
+    gate_dir = tempfile.mkdtemp(prefix="griffin-bench-gate-")
+    labels = {p.key: p.label() for p in todo}
+    try:
+        ceilings = {}
+
+        def on_ceilings(values):
+            ceilings.update(values)
+
+        _execute({**base, "kind": "ceilings"}, isolate, prog, labels, on_ceilings)
+        base["ceilings"] = ceilings or None
+        for _, _, points in _groups(todo):
+            gates = list({p.gate_key: p for p in points}.values())
+            _execute(
+                {
+                    **base,
+                    "kind": "reference",
+                    "gate_dir": gate_dir,
+                    "points": [_point_dict(p) for p in gates],
+                },
+                isolate,
+                prog,
+                labels,
+            )
+            for impl in catalog.IMPLEMENTATIONS:
+                mine = sorted(
+                    (p for p in points if p.impl == impl.name), key=lambda p: _ORDER[p.workload]
+                )
+                if mine:
+                    job = {
+                        **base,
+                        "kind": "measure",
+                        "gate_dir": gate_dir,
+                        "impl": dataclasses.asdict(impl),
+                    }
+                    _run_group(job, mine, isolate, prog, labels, out)
+    finally:
+        shutil.rmtree(gate_dir, ignore_errors=True)
+    return summary
+
+
+def _run_group(job, points, isolate, prog, labels, out: Path) -> None:
+    """Measure a group; when its worker dies, record the point it was on and go on."""
+    remaining = list(points)
+    while remaining:
+        code = _execute(
+            {**job, "points": [_point_dict(p) for p in remaining]}, isolate, prog, labels
+        )
+        have = recorded_keys(out)
+        left = [p for p in remaining if p.key not in have]
+        if code == 0 or not left:
+            return
+        if code != 86:  # the worker died on left[0]: record it, restart for the rest
+            crashed = left.pop(0)
+            RecordWriter(out).append(_crash_record(job, crashed, code))
+            prog.point(crashed.label(), "error", "-")
+        remaining = left
+
+
+def _crash_record(job: dict, p: Point, code: int) -> dict:
+    how = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": job["run_id"],
+        "suite": job["suite"],
+        "key": p.key,
+        "gate_key": p.gate_key,
+        "workload": p.workload,
+        "model": p.model,
+        "impl": p.impl,
+        "role": job["impl"]["role"],
+        "backend": job["impl"]["backend"],
+        "dtype": p.dtype,
+        "params": p.param_dict,
+        "status": "error",
+        "error": f"the worker process died on this point ({how})",
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _execute(job: dict, isolate: bool, prog: Progress, labels: dict, on_ceilings=None) -> int:
+    def emit(kind, *fields):
+        if kind == "done":
+            key, status, median = fields
+            prog.point(labels.get(key, key), status, median)
+        elif kind == "ceilings" and on_ceilings:
+            on_ceilings(json.loads(fields[0]))
+
+    if not isolate:
+        return run_job(job, emit)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if job["device"] == "cpu":
+        env.setdefault("JAX_PLATFORMS", "cpu")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    proc.stdin.write(json.dumps({**job, "parent_pid": os.getpid()}))
+    proc.stdin.close()
+    for line in proc.stdout:
+        if line.startswith(MARK):
+            emit(*line.rstrip("\n").split("\t")[1:])
+    return proc.wait()

@@ -1,0 +1,131 @@
+"""The ONE timer per backend.
+
+- torch on a GPU: CUDA events around each repetition, one synchronisation after all of them;
+- JAX: `jax.block_until_ready` on the outputs, a monotonic clock;
+- CPU (torch): a monotonic clock.
+
+Every timer does the same thing: one first call (compilation, autotuning, caches: recorded apart as
+`first_ms`), `warmup - 1` more untimed calls, then repetitions until the time budget is used (at
+least `min_reps`, at most `max_reps`). An optional `setup` runs before each repetition, outside the
+timed region (e.g. a fresh copy of a cache that the timed call mutates). Times are milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class TimingConfig:
+    warmup: int = 2  # calls before timing, the first of them timed apart as first_ms
+    min_reps: int = 3
+    max_reps: int = 100
+    budget_s: float = 1.0  # time spent on timed repetitions, roughly
+
+
+@dataclass
+class Timing:
+    samples_ms: list[float]
+    first_ms: float
+    warmup: int
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    def quantile(self, q: float) -> float:
+        s = sorted(self.samples_ms)
+        pos = q * (len(s) - 1)
+        lo, hi = math.floor(pos), math.ceil(pos)
+        return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+    def summary(self) -> dict:
+        return {
+            "median_ms": self.median_ms,
+            "p20_ms": self.quantile(0.2),
+            "p80_ms": self.quantile(0.8),
+            "min_ms": min(self.samples_ms),
+            "reps": len(self.samples_ms),
+            "first_ms": self.first_ms,
+            "warmup": self.warmup,
+            "samples_ms": [round(x, 6) for x in self.samples_ms],
+        }
+
+
+class _Timer:
+    kind = "monotonic"
+
+    def sync(self, out) -> None:
+        pass
+
+    def measure(
+        self, fn: Callable, setup: Callable | None = None, cfg: TimingConfig | None = None
+    ) -> Timing:
+        cfg = cfg or TimingConfig()
+        args = setup() if setup else ()
+        self.sync(args)
+        t0 = time.perf_counter()
+        self.sync(fn(*args))
+        first_ms = (time.perf_counter() - t0) * 1e3
+        last_ms = first_ms
+        for _ in range(max(cfg.warmup - 1, 0)):
+            args = setup() if setup else ()
+            self.sync(args)
+            t0 = time.perf_counter()
+            self.sync(fn(*args))
+            last_ms = (time.perf_counter() - t0) * 1e3
+        reps = int(min(max(cfg.budget_s * 1e3 / max(last_ms, 1e-3), cfg.min_reps), cfg.max_reps))
+        return Timing(self._repeat(fn, setup, reps), first_ms, cfg.warmup)
+
+    def _repeat(self, fn, setup, reps: int) -> list[float]:
+        samples = []
+        for _ in range(reps):
+            args = setup() if setup else ()
+            self.sync(args)
+            t0 = time.perf_counter()
+            self.sync(fn(*args))
+            samples.append((time.perf_counter() - t0) * 1e3)
+        return samples
+
+
+class CpuTimer(_Timer):
+    """torch on the CPU: ops run synchronously, a monotonic clock times them."""
+
+
+class JaxTimer(_Timer):
+    kind = "block_until_ready"
+
+    def sync(self, out) -> None:
+        import jax
+
+        jax.block_until_ready(out)
+
+
+class CudaEventTimer(_Timer):
+    """torch on a GPU: CUDA events on the current stream; no host sync inside the timed region."""
+
+    kind = "cuda_events"
+
+    def sync(self, out) -> None:
+        import torch
+
+        torch.cuda.synchronize()
+
+    def _repeat(self, fn, setup, reps: int) -> list[float]:
+        import torch
+
+        events = []
+        for _ in range(reps):
+            args = setup() if setup else ()
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(*args)
+            end.record()
+            events.append((start, end))
+        torch.cuda.synchronize()
+        return [s.elapsed_time(e) for s, e in events]

@@ -1,0 +1,343 @@
+"""Runs one job of a sweep: the ceilings, the reference outputs of the correctness gate, or the
+points of one (model, dtype, implementation) group. The runner starts it in a fresh process
+(`python -m bench.worker`, the job as JSON on stdin) so that a crash, a CUDA fault or a leaked
+allocation ends with the process, and calls the same `run_job` in-process when isolation is off.
+
+Protocol on stdout: lines starting with MARK, tab-separated:
+    MARK done <key> <status> <median_ms or ->
+    MARK ceilings <json>
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import sys
+import time
+import traceback
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+MARK = "@@griffin-bench@@"
+# float32: the model tests' rule; bfloat16/float16: a few units of the format's rounding error
+# through a deep stack of random layers, measured against the float32 reference.
+TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
+STICKY_ERRORS = (
+    "illegal memory access",
+    "CUDA error",
+    "device-side assert",
+    "unspecified launch failure",
+)
+EXIT_RESTART = 86  # "my CUDA context is broken: start a fresh worker for the remaining points"
+
+
+def source_model(model: str, dtype: str, device: str):
+    """Our torch reference model with the case's weights: seeded per model, every parameter random
+    (the zero-initialised norm scales and biases too), built directly in `dtype` on `device`."""
+    import torch
+
+    from models.config import preset
+    from models.torch import Model
+
+    torch.manual_seed(zlib.crc32(model.encode()))
+    tdtype = getattr(torch, dtype)
+    m = Model(preset(model), device=device, dtype=tdtype)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith(("scale", "bias", ".b")):
+                p.normal_(0.0, 0.1 if name.endswith("scale") else 0.02)
+    return m.eval()
+
+
+def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
+    out = np.asarray(out, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if out.shape != ref.shape:
+        raise ValueError(f"output shape {out.shape} differs from the reference's {ref.shape}")
+    if not np.all(np.isfinite(out)):
+        return float("inf")
+    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def _gate_path(gate_dir: str, gate_key: str) -> Path:
+    return Path(gate_dir) / hashlib.sha1(gate_key.encode()).hexdigest()[:20]
+
+
+def _point(d: dict):
+    from bench.suite import Point
+
+    return Point(
+        d["workload"], d["model"], d["impl"], d["dtype"], tuple((k, v) for k, v in d["params"])
+    )
+
+
+def _emit(*fields) -> None:
+    print(MARK, *fields, sep="\t", flush=True)
+
+
+def _setup_numerics(device: str) -> None:
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 (gate and fp32 cases)
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "highest")
+    except ImportError:
+        pass
+
+
+def run_ceilings(job: dict) -> dict:
+    from bench import ceilings, env
+    from bench.results import SCHEMA_VERSION, RecordWriter
+
+    values = ceilings.measure(job["device"])
+    RecordWriter(job["out"]).append(
+        {
+            "schema": SCHEMA_VERSION,
+            "run_id": job["run_id"],
+            "suite": job["suite"],
+            "key": f"ceiling|{job['run_id']}",
+            "workload": "ceiling",
+            "model": None,
+            "impl": None,
+            "status": "ok",
+            "ceilings": values,
+            "time": _now(),
+            "env": env.collect(job["device"]),
+            "gpu_state": env.gpu_state() if job["device"].startswith("cuda") else None,
+        }
+    )
+    return values
+
+
+def run_reference(job: dict, emit) -> None:
+    """Reference outputs (ours-torch-reference in float32 on the case's weights) for every gate
+    key of one (model, dtype); float32 falls back to the case dtype if it does not fit."""
+    import torch
+
+    from bench import catalog
+    from bench.backends import TorchBackend
+    from bench.impls import ours_torch
+    from bench.workloads import input_seed, workload
+    from models.config import preset
+
+    points = [_point(d) for d in job["points"]]
+    model, dtype, device = points[0].model, points[0].dtype, job["device"]
+    cfg = preset(model)
+    backend = TorchBackend(device)
+    attempts = ["float32", dtype] if dtype != "float32" else ["float32"]
+    error = None
+    for ref_dtype in attempts:
+        try:
+            source = source_model(model, dtype, device).to(getattr(torch, ref_dtype))
+            handle = ours_torch.build(source, ref_dtype, backend)
+            for p in points:
+                path = _gate_path(job["gate_dir"], p.gate_key)
+                if path.with_suffix(".npy").exists():
+                    continue
+                out = workload(p.workload).gate(handle, cfg, p.param_dict, input_seed(p.gate_key))
+                np.save(path.with_suffix(".npy"), out)
+                path.with_suffix(".json").write_text(
+                    json.dumps({"reference": catalog.REFERENCE, "reference_dtype": ref_dtype})
+                )
+            return
+        except Exception as exc:
+            error = exc
+            del exc
+            source = handle = None
+            backend.free()
+            if not backend.is_oom(error):
+                break
+    msg = f"{type(error).__name__}: {error}"[:1000]
+    for p in points:
+        path = _gate_path(job["gate_dir"], p.gate_key)
+        if not path.with_suffix(".npy").exists():
+            path.with_suffix(".err").write_text(msg)
+
+
+def _base_record(job: dict, p, impl: dict, env_info: dict) -> dict:
+    from bench.results import SCHEMA_VERSION
+
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": job["run_id"],
+        "suite": job["suite"],
+        "key": p.key,
+        "gate_key": p.gate_key,
+        "workload": p.workload,
+        "model": p.model,
+        "impl": p.impl,
+        "role": impl["role"],
+        "backend": impl["backend"],
+        "dtype": p.dtype,
+        "params": p.param_dict,
+        "status": None,
+        "error": None,
+        "correctness": None,
+        "timing": None,
+        "work": None,
+        "metrics": None,
+        "memory": None,
+        "extra": None,
+        "ceilings": job.get("ceilings"),
+        "env": env_info,
+    }
+
+
+def run_measure(job: dict, emit) -> int:
+    """The points of one (model, dtype, implementation) group. Returns the process exit code."""
+    import importlib
+
+    from bench import catalog, env
+    from bench.backends import backend_for, host_peak_rss_bytes
+    from bench.results import RecordWriter
+    from bench.timing import TimingConfig
+    from bench.workloads import derive, input_seed, workload
+    from models.config import preset
+
+    impl = job["impl"]
+    points = [_point(d) for d in job["points"]]
+    device = job["device"]
+    writer = RecordWriter(job["out"])
+    env_info = env.collect(device)
+    cfg = preset(points[0].model)
+    dtype = points[0].dtype
+    tcfg = TimingConfig(**job["timing"])
+    backend = backend_for(impl["backend"], device)
+
+    def finish(rec: dict, t0: float) -> None:
+        rec["time"] = _now()
+        rec["elapsed_s"] = time.perf_counter() - t0
+        rec["gpu_state"] = env.gpu_state() if device.startswith("cuda") else None
+        writer.append(rec)
+        median = (rec.get("timing") or {}).get("median_ms")
+        emit("done", rec["key"], rec["status"], "-" if median is None else f"{median:.6g}")
+
+    spec = catalog.Implementation(
+        **{k: tuple(v) if k == "requires" else v for k, v in impl.items()}
+    )
+    reason = catalog.missing_requirements(spec)
+    if reason is None:
+        mod = importlib.import_module(spec.module)
+        reason = mod.supports(cfg)
+        if reason is None and hasattr(backend, "unavailable"):
+            reason = backend.unavailable()
+    if reason is None:
+        env_info["device_label"] = backend.device_label()
+        t_build = time.perf_counter()
+        try:
+            handle = mod.build(source_model(cfg.name, dtype, device), dtype, backend)
+        except Exception as exc:
+            status = "oom" if backend.is_oom(exc) else "error"
+            msg = f"building the model failed: {type(exc).__name__}: {exc}"[:2000]
+            for p in points:
+                rec = _base_record(job, p, impl, env_info)
+                rec.update(status=status, error=msg)
+                finish(rec, t_build)
+            return 0
+        build_s = time.perf_counter() - t_build
+    else:
+        for p in points:
+            rec = _base_record(job, p, impl, env_info)
+            rec.update(status="unavailable", error=reason)
+            finish(rec, time.perf_counter())
+        return 0
+
+    for p in points:
+        t0 = time.perf_counter()
+        rec = _base_record(job, p, impl, env_info)
+        rec["extra"] = {"build_s": build_s}
+        wl, params, seed = workload(p.workload), p.param_dict, input_seed(p.gate_key)
+        try:
+            path = _gate_path(job["gate_dir"], p.gate_key)
+            if not path.with_suffix(".npy").exists():
+                err = path.with_suffix(".err")
+                why = err.read_text() if err.exists() else "not computed"
+                raise RuntimeError(f"no reference output for the correctness gate ({why})")
+            ref = np.load(path.with_suffix(".npy"))
+            ref_info = json.loads(path.with_suffix(".json").read_text())
+            out = wl.gate(handle, cfg, params, seed)
+            err = rel_err(out, ref)
+            tol = TOLERANCE[dtype]
+            rec["correctness"] = {**ref_info, "rel_err": err, "tol": tol, "passed": err <= tol}
+            if not err <= tol:
+                rec.update(
+                    status="mismatch",
+                    error=f"output differs from the reference: rel. error {err:.3g} > tol {tol:.3g}",
+                )
+                finish(rec, t0)
+                continue
+            del out
+            backend.free()
+            backend.reset_peak()
+            m = wl.measure(handle, cfg, params, dtype, seed, tcfg)
+            memory = dict(m.memory)
+            memory["peak_alloc_bytes"] = backend.peak_bytes()
+            memory["host_peak_rss_bytes"] = host_peak_rss_bytes()
+            state = env.gpu_state() if device.startswith("cuda") else None
+            memory["device_used_bytes"] = state["memory_used_bytes"] if state else None
+            rec.update(
+                status="ok",
+                timing=m.timing.summary(),
+                timer=backend.timer().kind,
+                work=m.work,
+                metrics={**derive(m, job.get("ceilings")), **m.extra.pop("metrics", {})},
+                memory=memory,
+                extra={**rec["extra"], **m.extra},
+            )
+        except Exception as exc:
+            oom = backend.is_oom(exc) or isinstance(exc, MemoryError)
+            rec["status"] = "oom" if oom else "error"
+            rec["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+            if not oom:
+                rec["traceback"] = traceback.format_exc()[-4000:]
+            del exc
+            backend.free()
+        finish(rec, t0)
+        if rec["status"] == "error" and any(s in rec["error"] for s in STICKY_ERRORS):
+            return EXIT_RESTART
+    return 0
+
+
+def run_job(job: dict, emit=_emit) -> int:
+    _setup_numerics(job["device"])
+    if job["kind"] == "ceilings":
+        emit("ceilings", json.dumps(run_ceilings(job)))
+        return 0
+    if job["kind"] == "reference":
+        run_reference(job, emit)
+        return 0
+    return run_measure(job, emit)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the parent dies, so a killed sweep leaves no worker writing."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def main() -> int:
+    _die_with_parent()
+    job = json.loads(sys.stdin.read())
+    if os.getppid() != job.get("parent_pid", os.getppid()):
+        return 1  # the parent died before we armed the death signal
+    return run_job(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
