@@ -4,6 +4,7 @@ import pytest
 import torch
 from util import TOL, inputs, randomize_zeros_, rel_err
 
+from bench.impls.transformers_gemma import call_with_cache
 from models.config import preset
 from models.torch import Model, from_gemma, to_gemma
 
@@ -27,13 +28,7 @@ def _gemma(**overrides):
 
 
 def _step(hf, tokens, cache):
-    """One cached HF step, across the `past_key_values` -> `cache` rename of transformers 5.x."""
-    try:
-        out = hf(tokens, cache=cache, use_cache=True)
-    except TypeError:
-        out = hf(tokens, past_key_values=cache, use_cache=True)
-    new_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    return out.logits, new_cache
+    return call_with_cache(hf, tokens, cache)
 
 
 def test_forward_and_decode_equal_transformers_gemma():

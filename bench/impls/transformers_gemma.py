@@ -6,6 +6,7 @@ repetition gets a fresh copy (outside the timed region)."""
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 
@@ -17,16 +18,14 @@ def supports(cfg) -> str | None:
     return gemma_incompatibility(cfg)
 
 
-def _call(hf, tokens, cache, **kwargs):
-    """One forward with a cache, across transformers' `past_key_values` -> `cache` rename."""
-    try:
-        out = hf(tokens, cache=cache, use_cache=True, **kwargs)
-    except TypeError:
-        out = hf(tokens, past_key_values=cache, use_cache=True, **kwargs)
+def call_with_cache(hf, tokens, cache, **kwargs):
+    """One forward with a KV cache -> (logits, cache), across transformers' rename of
+    `past_key_values` to `cache` (5.2x). The keyword is looked up in the signature: forward()
+    takes **kwargs, so the wrong name would be accepted and silently ignored."""
+    name = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+    out = hf(tokens, use_cache=True, **{name: cache}, **kwargs)
     new_cache = getattr(out, "cache", None)
-    if new_cache is None:
-        new_cache = out.past_key_values
-    return out.logits, new_cache
+    return out.logits, out.past_key_values if new_cache is None else new_cache
 
 
 class Handle:
@@ -36,11 +35,11 @@ class Handle:
 
     @torch.no_grad()
     def prefill(self, tokens, pos):
-        return _call(self.hf, tokens, None, position_ids=pos, logits_to_keep=1)
+        return call_with_cache(self.hf, tokens, None, position_ids=pos, logits_to_keep=1)
 
     @torch.no_grad()
     def decode(self, token, pos, cache):
-        return _call(self.hf, token, cache, position_ids=pos)
+        return call_with_cache(self.hf, token, cache, position_ids=pos)
 
     def fresh(self, cache):
         return copy.deepcopy(cache)

@@ -1,0 +1,1 @@
+"""One-off probes that explain a measurement (run by hand; their output goes into notes)."""
