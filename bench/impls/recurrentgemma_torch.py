@@ -1,8 +1,10 @@
 """recurrentgemma-torch: the official PyTorch Griffin, weights converted from the source.
 
-Built as the package ships it (gradient checkpointing on). Its decode updates the attention cache
-in place, so each timed repetition gets a fresh copy (outside the timed region). It computes
-logits for every prompt position in prefill (it has no last-position option).
+Built with gradient_checkpointing=False, its fastest setting: the package default (True) recomputes
+every block in the backward pass and costs time even in no-grad inference (probe:
+bench/probes/official_torch_variants.py). Its decode updates the attention cache in place, so each
+timed repetition gets a fresh copy (outside the timed region). Its prefill computes logits for every
+prompt position (it has no last-position option).
 """
 
 from __future__ import annotations
@@ -48,4 +50,4 @@ class Handle:
 def build(source, dtype, backend) -> Handle:
     from models.torch import to_recurrentgemma
 
-    return Handle(to_recurrentgemma(source), backend)
+    return Handle(to_recurrentgemma(source, gradient_checkpointing=False), backend)
