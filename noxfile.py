@@ -36,4 +36,4 @@ def tests(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """The default benchmark suite (tiny presets on a machine without a GPU)."""
     install(session, "jax,peers,report")
-    session.run("python", "-m", "bench", *(session.posargs or ["list"]))
+    session.run("python", "-m", "bench", *(session.posargs or ["run", "default"]))

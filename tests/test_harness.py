@@ -1,0 +1,310 @@
+"""The harness: every catalog implementation runs, the correctness gate, isolation of failures,
+resumable sweeps, records, suite validation and the command line."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fake_impls import spec
+
+from bench import catalog, runner, suite
+from bench.__main__ import main as cli
+from bench.results import SCHEMA_VERSION, RecordWriter, load, read_records, recorded_keys
+
+TINY_TIMING = "[timing]\nwarmup = 1\nmin_reps = 2\nmax_reps = 3\nbudget_s = 0.01\n"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_suite(tmp_path: Path, body: str, name: str = "t") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text('dtype = "float32"\n' + TINY_TIMING + body)
+    return path
+
+
+def run_suite(path: Path, out: Path, isolate: bool = False, **kw) -> list[dict]:
+    s = suite.load(str(path), "cpu", **kw)
+    runner.run(s, out, "cpu", isolate=isolate, progress=False)
+    records, problems = read_records(out)
+    assert not problems
+    return [r for r in records if r["workload"] != "ceiling"]
+
+
+def model_for(impl) -> str:
+    """A tiny model each implementation supports (checked through the adapter itself)."""
+    module = catalog.adapter(impl)
+    for name in ("griffin-tiny", "gemma-tiny"):
+        from models.config import preset
+
+        if module.supports(preset(name)) is None:
+            return name
+    raise AssertionError(f"{impl.name} supports no tiny model")
+
+
+@pytest.mark.parametrize("impl", catalog.IMPLEMENTATIONS, ids=lambda i: i.name)
+def test_every_available_implementation_runs_every_workload(impl, tmp_path):
+    if catalog.missing_requirements(impl):
+        pytest.skip(catalog.missing_requirements(impl))
+    model = model_for(impl)
+    body = f"""
+[[case]]
+workload = "prefill"
+models = ["{model}"]
+impls = ["{impl.name}"]
+batch = 2
+prompt = 12
+[[case]]
+workload = "decode"
+models = ["{model}"]
+impls = ["{impl.name}"]
+batch = 2
+prompt = 10
+steps = 4
+[[case]]
+workload = "train_step"
+models = ["{model}"]
+impls = ["{impl.name}"]
+tokens_per_batch = 32
+seq_len = 16
+[[case]]
+workload = "throughput"
+models = ["{model}"]
+impls = ["{impl.name}"]
+gen_len = 4
+max_batch = 4
+"""
+    records = run_suite(write_suite(tmp_path, body), tmp_path / "out.jsonl")
+    assert [r["status"] for r in records] == ["ok"] * 4, [r.get("error") for r in records]
+    for r in records:
+        assert r["correctness"]["passed"] and r["correctness"]["rel_err"] <= r["correctness"]["tol"]
+        assert r["timing"]["median_ms"] > 0 and len(r["timing"]["samples_ms"]) >= 2
+        assert r["metrics"]["tokens_per_s"] > 0 and r["work"]["flops"] > 0
+        assert r["env"]["versions"]["torch"] and r["ceilings"]["copy_gbps"] > 0
+    throughput = next(r for r in records if r["workload"] == "throughput")
+    assert throughput["extra"]["batch"] == 4 and throughput["extra"]["limited_by"] == "max_batch"
+
+
+def with_fakes(monkeypatch, *names):
+    monkeypatch.setattr(
+        catalog, "IMPLEMENTATIONS", catalog.IMPLEMENTATIONS + tuple(spec(n) for n in names)
+    )
+
+
+def test_failures_are_recorded_and_the_sweep_goes_on(monkeypatch, tmp_path):
+    with_fakes(monkeypatch, "wrong", "raising", "oom", "unsupported")
+    body = """
+[[case]]
+workload = "prefill"
+models = ["griffin-tiny"]
+impls = ["fake-wrong", "fake-raising", "fake-oom", "fake-unsupported", "ours-torch-reference"]
+batch = 1
+prompt = [8, 12]
+"""
+    records = run_suite(write_suite(tmp_path, body), tmp_path / "out.jsonl")
+    by = {(r["impl"], r["params"]["prompt"]): r for r in records}
+    assert len(by) == 10
+    for prompt in (8, 12):
+        wrong = by["fake-wrong", prompt]
+        assert wrong["status"] == "mismatch" and wrong["timing"] is None
+        assert wrong["correctness"]["rel_err"] > wrong["correctness"]["tol"]
+        assert "differs from the reference" in wrong["error"]
+        assert by["fake-raising", prompt]["status"] == "error"
+        assert "boom" in by["fake-raising", prompt]["error"]
+        assert by["fake-oom", prompt]["status"] == "oom"
+        assert by["fake-unsupported", prompt]["status"] == "unavailable"
+        assert (
+            "not supported by this test implementation" in by["fake-unsupported", prompt]["error"]
+        )
+        assert by["ours-torch-reference", prompt]["status"] == "ok"  # measured after the failures
+
+
+def test_a_crashing_worker_costs_only_its_point(monkeypatch, tmp_path):
+    with_fakes(monkeypatch, "crash")
+    body = """
+[[case]]
+workload = "prefill"
+models = ["griffin-tiny"]
+impls = ["fake-crash"]
+batch = 1
+prompt = [8, 16, 24]
+"""
+    records = run_suite(write_suite(tmp_path, body), tmp_path / "out.jsonl", isolate=True)
+    status = {r["params"]["prompt"]: r for r in records}
+    assert status[8]["status"] == "ok" and status[24]["status"] == "ok"
+    assert status[16]["status"] == "error" and "SIGSEGV" in status[16]["error"]
+
+
+def test_missing_dependency_is_unavailable_not_a_fallback(monkeypatch, tmp_path):
+    ghost = catalog.Implementation(
+        "ghost", "torch", "bench.impls.ours_torch", ("no_such_module_xyz",), "peer", "test"
+    )
+    monkeypatch.setattr(catalog, "IMPLEMENTATIONS", (*catalog.IMPLEMENTATIONS, ghost))
+    body = '[[case]]\nworkload = "prefill"\nmodels = ["hawk-tiny"]\nimpls = ["ghost"]\nprompt = 8\n'
+    (rec,) = run_suite(write_suite(tmp_path, body), tmp_path / "out.jsonl")
+    assert rec["status"] == "unavailable" and "no_such_module_xyz" in rec["error"]
+
+
+def test_killed_sweep_resumes_without_repeating_a_point(tmp_path):
+    body = """
+[[case]]
+workload = "decode"
+models = ["hawk-tiny", "griffin-tiny"]
+impls = ["ours-torch-reference"]
+batch = 1
+prompt = 4
+steps = [1, 2, 3, 4, 5, 6]
+"""
+    path = write_suite(tmp_path, body)
+    out_dir = tmp_path / "out"
+    records_file = out_dir / "t.jsonl"
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench",
+        "run",
+        str(path),
+        "--out",
+        str(out_dir),
+        "--device",
+        "cpu",
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if records_file.exists() and len(recorded_keys(records_file)) >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)  # the worker dies with its parent
+    finished = recorded_keys(records_file)
+    assert 3 <= len(finished) < 12
+    with open(records_file, "a") as f:  # a write torn by the kill
+        f.write('{"schema": 1, "run_id": "x", "key": "decode|hawk')
+    assert any("not valid JSON" in p for p in read_records(records_file)[1])
+
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
+    records, problems = read_records(records_file)
+    assert not problems  # the torn line was cut away before appending
+    keys = [r["key"] for r in records if r["workload"] != "ceiling"]
+    assert len(keys) == len(set(keys)) == 12
+    before = {r["key"]: r["run_id"] for r in records if r["key"] in finished}
+    assert len(set(before.values())) == 1  # finished points kept from the first run
+    assert len(load(records_file)) == len(records)
+
+
+def test_rerun_of_a_complete_suite_measures_nothing(tmp_path):
+    body = '[[case]]\nworkload = "prefill"\nmodels = ["hawk-tiny"]\nimpls = ["ours-torch-reference"]\nprompt = 8\n'
+    path, out = write_suite(tmp_path, body), tmp_path / "out.jsonl"
+    run_suite(path, out)
+    s = suite.load(str(path), "cpu")
+    assert runner.run(s, out, "cpu", isolate=False, progress=False)["points"] == 0
+
+
+def test_records_load_tolerates_damage(tmp_path):
+    path = tmp_path / "r.jsonl"
+    good = {"schema": SCHEMA_VERSION, "run_id": "r", "key": "k", "workload": "prefill"}
+    good.update(model="hawk-tiny", impl="x", status="ok", timing={"median_ms": 1.5})
+    lines = [
+        json.dumps(good),
+        json.dumps({**good, "schema": 99, "key": "k2"}),
+        json.dumps({"schema": SCHEMA_VERSION, "key": "k3"}),
+        "[1, 2]",
+        '{"schema": 1, "tor',
+    ]
+    path.write_text("\n".join(lines))
+    records, problems = read_records(path)
+    assert [r["key"] for r in records] == ["k"]
+    text = "\n".join(problems)
+    assert "schema version 99" in text and "lacks fields" in text and "torn write" in text
+    with pytest.warns(UserWarning):
+        df = load(path)
+    assert df["timing.median_ms"].tolist() == [1.5]
+    RecordWriter(path).append({**good, "key": "k4"})  # repairs the torn tail first
+    assert [r["key"] for r in read_records(path)[0]] == ["k", "k4"]
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("[[case]\nworkload = 1", "not valid TOML"),
+        (
+            '[[case]]\nworkload = "prefil"\nmodels = ["hawk-tiny"]\nprompt = 8',
+            "unknown workload 'prefil'; valid workloads: prefill, decode",
+        ),
+        (
+            '[[case]]\nworkload = "prefill"\nmodels = ["hawk-2b"]\nprompt = 8',
+            "unknown model 'hawk-2b'; valid models: hawk-100m",
+        ),
+        (
+            '[[case]]\nworkload = "prefill"\nmodels = ["hawk-tiny"]\nimpls = ["fla"]\nprompt = 8',
+            "unknown implementation 'fla'; valid implementations: ours-torch-reference",
+        ),
+        (
+            '[[case]]\nworkload = "prefill"\nmodels = ["hawk-tiny"]\nprompts = 8',
+            "no parameter(s) ['prompts']; valid: prompt, batch",
+        ),
+        (
+            '[[case]]\nworkload = "prefill"\nmodels = ["hawk-tiny"]\nprompt = -1',
+            "prompt must be a positive integer",
+        ),
+        (
+            '[[case]]\nworkload = "train_step"\nmodels = ["hawk-tiny"]\nseq_len = 8',
+            "exactly one of batch, tokens_per_batch",
+        ),
+        (
+            '[[case]]\nworkload = "prefill"\nmodels = ["hawk-tiny"]\nprompt = 8\ndtype = "fp8"',
+            "unknown dtype 'fp8'",
+        ),
+        (
+            'colour = "red"\n[[case]]\nworkload = "prefill"\nmodels = ["hawk-tiny"]\nprompt = 8',
+            "unknown top-level keys ['colour']",
+        ),
+    ],
+)
+def test_malformed_suites_give_clear_errors(tmp_path, body, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    with pytest.raises(suite.SuiteError) as err:
+        suite.load(str(path), "cpu")
+    assert message in str(err.value)
+
+
+def test_cli_errors_name_the_valid_values(capsys):
+    assert cli(["run", "no-such-suite", "--dry-run"]) == 2
+    assert "unknown suite 'no-such-suite'; valid suites:" in capsys.readouterr().err
+    assert cli(["run", "smoke", "--impl", "fast-one", "--dry-run"]) == 2
+    assert "valid implementations: ours-torch-reference" in capsys.readouterr().err
+    assert cli(["run", "smoke", "--model", "griffin-2b", "--dry-run"]) == 2
+    assert "valid models:" in capsys.readouterr().err
+
+
+def test_cli_list_and_dry_run(capsys):
+    assert cli(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("recurrentgemma-2b", "ours-torch-reference", "throughput", "rg-2b"):
+        assert name in out
+    assert cli(["run", "rg-2b", "--device", "cuda", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "prefill recurrentgemma-2b recurrentgemma-torch bfloat16 batch=1 prompt=2048" in out
+    assert cli(["run", "rg-2b", "--device", "cpu", "--dry-run"]) == 0
+    assert "recurrentgemma-tiny" in capsys.readouterr().out  # the suite's CPU overrides
+
+
+def test_every_suite_file_is_valid():
+    for name in catalog.suites():
+        for device in ("cpu", "cuda"):
+            assert suite.load(name, device).points, name
+
+
+def test_show_prints_a_table(tmp_path, capsys):
+    assert cli(["show", str(ROOT / "results" / "h100" / "rg-2b.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "recurrentgemma-torch" in out and "transformers-gemma" in out
