@@ -1,4 +1,5 @@
-"""Sessions: `nox -s lint tests` (CI runs exactly this), `nox -s bench` (the default suite).
+"""Sessions: `nox -s lint tests` (CI runs exactly this), `nox -s bench` (the default suite and its
+HTML report), `nox -s report` (the reports of the committed GPU results).
 
 Every session installs the CPU wheel of torch first, so that nothing pulls a multi-GB CUDA build;
 on a GPU machine run the suite with `python -m bench run SUITE` in an environment with CUDA torch.
@@ -34,6 +35,13 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The default benchmark suite (tiny presets on a machine without a GPU)."""
+    """The default suite: `smoke` (tiny presets) without a GPU, `default` on one; then its report."""
     install(session, "jax,peers,report")
-    session.run("python", "-m", "bench", *(session.posargs or ["run", "default"]))
+    session.run("python", "-m", "bench", "run", *session.posargs)
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """reports/DEVICE-SUITE.html for every committed results/DEVICE/SUITE.jsonl (or posargs)."""
+    install(session, "report")
+    session.run("python", "-m", "bench", "report", *(session.posargs or ["--all"]))

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 DEFAULT_OUT = Path("results/local")
+DEFAULT_REPORTS = Path("reports/local")
+RESULTS, REPORTS = Path("results"), Path("reports")
 
 
 def _list(what: str) -> None:
@@ -48,7 +50,8 @@ def _run(args) -> int:
     from bench import runner, suite
 
     device = args.device or runner.default_device()
-    s = suite.load(args.suite, device, impls=args.impl, models=args.model)
+    name = args.suite or ("smoke" if device == "cpu" else "default")
+    s = suite.load(name, device, impls=args.impl, models=args.model)
     out = Path(args.out) / f"{s.name}.jsonl"
     if args.dry_run:
         for p in s.points:
@@ -56,9 +59,34 @@ def _run(args) -> int:
         print(f"{len(s.points)} points -> {out}")
         return 0
     runner.run(s, out, device, isolate=not args.no_isolate, progress=not args.quiet)
+    from bench.report import build
     from bench.show import show
 
-    show([out], run_only=False)
+    show([out])
+    report = build([out], Path(args.report) if args.report else DEFAULT_REPORTS / f"{s.name}.html")
+    print(f"records: {out}\nreport:  {report}")
+    return 0
+
+
+def _report(args) -> int:
+    from bench.report import build
+
+    if args.all:
+        made = 0
+        for path in sorted(RESULTS.glob("*/*.jsonl")):
+            if path.parent.name == "local":
+                continue
+            print(build([path], REPORTS / f"{path.parent.name}-{path.stem}.html"))
+            made += 1
+        if not made:
+            raise ValueError(f"no committed results files under {RESULTS}/DEVICE/*.jsonl")
+        return 0
+    if not args.results or not args.output:
+        raise ValueError("give RESULTS files and -o OUTPUT.html (or --all)")
+    missing = [p for p in args.results if not Path(p).exists()]
+    if missing:
+        raise ValueError(f"no such results file(s): {', '.join(missing)}")
+    print(build([Path(p) for p in args.results], Path(args.output)))
     return 0
 
 
@@ -74,9 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     p_run = sub.add_parser("run", help="run a suite (a name from `list suites` or a .toml path)")
-    p_run.add_argument("suite")
+    p_run.add_argument("suite", nargs="?", help="default: smoke without a GPU, default on a GPU")
     p_run.add_argument(
         "--out", default=str(DEFAULT_OUT), help=f"records folder (default {DEFAULT_OUT})"
+    )
+    p_run.add_argument(
+        "--report", help=f"HTML report to write (default {DEFAULT_REPORTS}/SUITE.html)"
     )
     p_run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     p_run.add_argument("--impl", action="append", help="only this implementation (repeatable)")
@@ -88,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     p_show = sub.add_parser("show", help="summarise records files")
     p_show.add_argument("results", nargs="+")
 
+    p_rep = sub.add_parser("report", help="build an HTML report from records files")
+    p_rep.add_argument("results", nargs="*")
+    p_rep.add_argument("-o", "--output", help="the HTML file to write")
+    p_rep.add_argument("--all", action="store_true", help="a report per committed results file")
+
     p_ceil = sub.add_parser("ceilings", help="measure copy bandwidth and matmul rate here")
     p_ceil.add_argument("--device", choices=["cpu", "cuda"])
 
@@ -97,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             _list(args.what)
         elif args.command == "run":
             return _run(args)
+        elif args.command == "report":
+            return _report(args)
         elif args.command == "show":
             from bench.show import show
 

@@ -11,7 +11,7 @@ def _fmt(x, spec: str) -> str:
     return "" if x is None else format(x, spec)
 
 
-def show(paths: list[Path], run_only: bool = False) -> None:
+def show(paths: list[Path]) -> None:
     import pandas as pd
 
     rows = []

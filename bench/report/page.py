@@ -1,0 +1,203 @@
+"""One self-contained HTML page (plotly.js embedded once; opens offline) from records files."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+
+from bench.report import data, figures
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px auto; max-width: 1400px; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; }
+table { border-collapse: collapse; font-size: 0.85em; }
+td, th { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; position: sticky; top: 0; }
+.no-data { background: #f7f7f7; border: 1px dashed #aaa; padding: 12px; color: #555; }
+.incomplete { color: #a05000; font-weight: bold; }
+.note { color: #555; font-size: 0.9em; }
+.problems { background: #fff4e5; border: 1px solid #f0b060; padding: 8px 16px; }
+.status-ok { color: #17703a; } .status-mismatch, .status-error { color: #b00020; font-weight: bold; }
+.status-oom { color: #a05000; } .status-unavailable { color: #777; }
+#records-filter { margin: 8px 0; }
+"""
+
+TABLE_JS = """
+const COLS = ["workload","model","impl","dtype","params","status","median_ms","tokens_per_s","mfu",
+              "mbu","rel_err","tol","error"];
+function fmt(c, v) {
+  if (v === null || v === undefined) return "";
+  if (c === "mfu" || c === "mbu") return (100 * v).toFixed(1) + "%";
+  if (typeof v === "number") return Number(v.toPrecision(4)).toString();
+  return String(v);
+}
+function renderRecords() {
+  const want = document.getElementById("records-filter").value;
+  const body = document.getElementById("records-body");
+  const rows = [];
+  for (const r of RECORDS) {
+    if (want && r.status !== want) continue;
+    rows.push("<tr>" + COLS.map(c => {
+      const cls = c === "status" ? ` class="status-${r.status}"` : "";
+      const text = fmt(c, r[c]).replace(/&/g, "&amp;").replace(/</g, "&lt;");
+      return `<td${cls}>${text}</td>`;
+    }).join("") + "</tr>");
+  }
+  body.innerHTML = rows.join("");
+  document.getElementById("records-count").textContent = rows.length + " records";
+}
+document.getElementById("records-filter").addEventListener("change", renderRecords);
+renderRecords();
+"""
+
+
+def _esc(x) -> str:
+    return html.escape("" if x is None else str(x))
+
+
+def _environment(runs: list[dict], paths: list[Path], out: Path) -> str:
+    rows = []
+    for r in runs:
+        env = r.get("env") or {}
+        gpu = env.get("gpu") or {}
+        state = r.get("gpu_state") or {}
+        ceil = r.get("ceilings") or {}
+        versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v)
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td>{_esc(v)}</td>"
+                for v in (
+                    r.get("run_id"),
+                    env.get("date"),
+                    gpu.get("name") or env.get("device"),
+                    gpu.get("driver"),
+                    f"{state.get('sm_clock_mhz')}/{gpu.get('max_sm_clock_mhz')} MHz" if gpu else "",
+                    f"{state.get('power_w')}/{gpu.get('power_limit_w')} W" if gpu else "",
+                    f"{ceil.get('copy_gbps', 0):.0f} GB/s, {ceil.get('matmul_tflops', 0):.0f} TFLOP/s ({ceil.get('matmul_dtype')})",
+                    env.get("git_sha"),
+                    versions,
+                )
+            )
+            + "</tr>"
+        )
+    head = (
+        "run",
+        "date",
+        "device",
+        "driver",
+        "SM clock (now/max)",
+        "power (now/limit)",
+        "measured ceilings",
+        "git sha",
+        "versions",
+    )
+    links = " ".join(
+        f'<a href="{_esc(os.path.relpath(p.resolve(), out.resolve().parent))}">{_esc(p.name)}</a>'
+        for p in paths
+    )
+    table = (
+        "<table><tr>"
+        + "".join(f"<th>{h}</th>" for h in head)
+        + "</tr>"
+        + "".join(rows)
+        + "</table>"
+        if rows
+        else '<p class="no-data">No environment records (ceiling records) in these files.</p>'
+    )
+    return f"<h2>Environment</h2>{table}<p>Raw records: {links}</p>"
+
+
+def build(paths: list[str | Path], out: str | Path, title: str | None = None) -> Path:
+    """Write the report of `paths` (JSONL records files) to `out`; returns its path."""
+    paths = [Path(p) for p in paths]
+    out = Path(out)
+    df, runs, problems = data.load(paths)
+    title = title or "griffin-bench report: " + ", ".join(p.stem for p in paths)
+    parts = [f"<h1>{_esc(title)}</h1>"]
+    counts = df["status"].value_counts().to_dict() if len(df) else {}
+    parts.append(
+        "<p>"
+        + f"{len(df)} measurement records: "
+        + ", ".join(f'<span class="status-{k}">{v} {k}</span>' for k, v in counts.items())
+        + ". Only <b>ok</b> records are drawn: a point that failed its correctness gate "
+        "(<i>mismatch</i>) or did not run (<i>oom</i>, <i>error</i>, <i>unavailable</i>) is listed "
+        "in the table at the bottom, never plotted as a valid speed.</p>"
+    )
+    if problems:
+        items = "".join(f"<li>{_esc(p)}</li>" for p in problems[:200])
+        more = f"<li>... and {len(problems) - 200} more</li>" if len(problems) > 200 else ""
+        parts.append(
+            f'<div class="problems"><b>Problems reading the records</b><ul>{items}{more}</ul></div>'
+        )
+    parts.append(_environment(runs, paths, out))
+
+    for make in figures.ALL:
+        try:
+            f = make(df)
+        except Exception as exc:  # a figure must never take the page down
+            f = figures.Figure(
+                make.__name__, make.__name__, None, f"This figure failed to build: {exc!r}", True
+            )
+        parts.append(f'<section class="figure" id="{f.id}"><h2>{_esc(f.title)}</h2>')
+        if f.fig is None:
+            parts.append(f'<p class="no-data">{_esc(f.note)}</p>')
+        else:
+            parts.append(
+                pio.to_html(
+                    f.fig,
+                    full_html=False,
+                    include_plotlyjs=False,
+                    div_id=f.id + "-plot",
+                    config={"displaylogo": False, "responsive": True},
+                )
+            )
+            flag = '<span class="incomplete">Incomplete. </span>' if f.incomplete else ""
+            parts.append(f'<p class="note">{flag}{_esc(f.note)}</p>')
+        parts.append("</section>")
+
+    records = df.drop(columns=["source", "key", "run_id"]).astype(object).where(df.notna(), None)
+    payload = json.dumps(records.to_dict("records"), default=str).replace("</", "<\\/")
+    options = "".join(
+        f'<option value="{s}">{s}</option>'
+        for s in ("ok", "mismatch", "oom", "error", "unavailable")
+    )
+    parts.append(
+        '<section id="records"><h2>Every record</h2>'
+        f'<label>status <select id="records-filter"><option value="">all</option>{options}</select></label> '
+        '<span id="records-count"></span>'
+        "<table><thead><tr>"
+        + "".join(
+            f"<th>{c}</th>"
+            for c in (
+                "workload",
+                "model",
+                "impl",
+                "dtype",
+                "params",
+                "status",
+                "median ms",
+                "tokens/s",
+                "MFU",
+                "MBU",
+                "rel err",
+                "tol",
+                "error",
+            )
+        )
+        + '</tr></thead><tbody id="records-body"></tbody></table></section>'
+    )
+    page = (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+        f"<style>{STYLE}</style><script>{get_plotlyjs()}</script></head><body>"
+        + "".join(parts)
+        + f"<script>const RECORDS = {payload};\n{TABLE_JS}</script></body></html>"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out

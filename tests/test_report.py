@@ -1,0 +1,198 @@
+"""HTML reports: built from records alone, every figure rendered in a real browser (Debian's
+chromium through playwright), failed points never drawn, damaged files never a traceback."""
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import main as cli
+from bench.report import build
+from bench.results import read_records
+
+ROOT = Path(__file__).resolve().parent.parent
+SUITE = """dtype = "float32"
+[timing]
+warmup = 1
+min_reps = 2
+max_reps = 3
+budget_s = 0.01
+[[case]]
+workload = "prefill"
+models = ["griffin-tiny", "mqa-tiny"]
+impls = ["ours-torch-reference"]
+prompt = [8, 16]
+[[case]]
+workload = "decode"
+models = ["griffin-tiny", "mqa-tiny"]
+impls = ["ours-torch-reference"]
+batch = 2
+prompt = [1, 8]
+steps = [2, 4]
+[[case]]
+workload = "train_step"
+models = ["griffin-tiny", "mqa-tiny", "hawk-tiny"]
+impls = ["ours-torch-reference"]
+tokens_per_batch = 64
+seq_len = [16, 32]
+[[case]]
+workload = "throughput"
+models = ["griffin-tiny"]
+impls = ["ours-torch-reference"]
+gen_len = [2, 4]
+max_batch = 4
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A small real sweep through the README's run command (CPU, tiny presets), plus one record
+    that failed its gate and one that errored."""
+    d = tmp_path_factory.mktemp("report")
+    (d / "tiny.toml").write_text(SUITE)
+    args = ["run", str(d / "tiny.toml"), "--out", str(d), "--report", str(d / "tiny.html")]
+    assert cli([*args, "--device", "cpu", "--no-isolate", "--quiet"]) == 0
+    records, _ = read_records(d / "tiny.jsonl")
+    point = next(r for r in records if r["workload"] == "decode")
+    bad = copy.deepcopy(point)
+    bad.update(
+        impl="fake-wrong",
+        key=point["key"] + "-wrong",
+        status="mismatch",
+        error="output differs from the reference",
+    )
+    broken = copy.deepcopy(point)
+    broken.update(impl="fake-raising", key=point["key"] + "-raising", status="error", timing=None)
+    with open(d / "tiny.jsonl", "a") as f:
+        f.write(json.dumps(bad) + "\n" + json.dumps(broken) + "\n")
+    return d
+
+
+def chromium():
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("Debian's chromium is needed for the browser tests: apt-get install chromium")
+    return path
+
+
+def render(html_path: Path) -> dict:
+    """Open the page headless; return console errors and, per figure, the traces drawn."""
+    from playwright.sync_api import sync_playwright
+
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium(),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(html_path.resolve().as_uri())
+        page.wait_for_function(
+            "document.querySelectorAll('.plotly-graph-div .main-svg').length"
+            " >= document.querySelectorAll('.plotly-graph-div').length"
+        )
+        result = page.evaluate(
+            """() => ({
+              figures: Array.from(document.querySelectorAll('section.figure')).map(s => {
+                const div = s.querySelector('.plotly-graph-div');
+                return {id: s.id, noData: !!s.querySelector('.no-data'),
+                        traces: div ? div.data.length : 0,
+                        drawn: div ? div.querySelectorAll('g.trace').length : 0,
+                        names: div ? div.data.map(t => t.name) : []};
+              }),
+              rows: document.querySelectorAll('#records-body tr').length,
+              statuses: Array.from(document.querySelectorAll('#records-body td.status-mismatch')).length,
+            })"""
+        )
+        browser.close()
+    result["errors"] = errors
+    return result
+
+
+def test_report_of_a_real_run_renders_every_figure(run_dir):
+    page = build([run_dir / "tiny.jsonl"], run_dir / "tiny-all.html")
+    result = render(page)
+    assert result["errors"] == []
+    figs = {f["id"]: f for f in result["figures"]}
+    assert set(figs) == {
+        "fig-train",
+        "fig-decode",
+        "fig-throughput",
+        "fig-kernels",
+        "fig-memory",
+        "fig-peers",
+    }
+    for fid in ("fig-train", "fig-decode", "fig-throughput", "fig-memory", "fig-peers"):
+        assert figs[fid]["traces"] > 0 and figs[fid]["drawn"] >= figs[fid]["traces"], fid
+    assert figs["fig-kernels"]["noData"]  # no kernel records: the figure says so
+    drawn = [n for f in result["figures"] for n in f["names"]]
+    assert not any("fake-wrong" in n or "fake-raising" in n for n in drawn)  # failed: never drawn
+    assert (
+        result["rows"] == len(read_records(run_dir / "tiny.jsonl")[0]) - 1
+    )  # the ceiling is not a row
+    assert result["statuses"] == 1  # ... but listed in the table
+
+
+def test_run_command_writes_the_report(run_dir):
+    text = (run_dir / "tiny.html").read_text()
+    assert "plotly" in text and "fig-decode" in text and "tiny.jsonl" in text
+
+
+def test_committed_gpu_report_renders():
+    result = render(ROOT / "reports" / "h100-rg-2b.html")
+    assert result["errors"] == []
+    assert all(f["noData"] or f["drawn"] > 0 for f in result["figures"])
+
+
+def test_damaged_records_give_messages_not_tracebacks(run_dir, tmp_path):
+    lines = (run_dir / "tiny.jsonl").read_text().splitlines()
+    record = json.loads(lines[3])
+    damaged = [
+        *lines[:4],
+        json.dumps({**record, "schema": 7, "key": "future"}),
+        json.dumps({k: v for k, v in record.items() if k not in ("status", "impl")}),
+        json.dumps({**record, "key": "odd", "timing": "fast", "params": [1, 2]}),
+        json.dumps({**record, "key": "noseq", "workload": "train_step", "params": {"batch": 2}}),
+        '{"schema": 1, "run_id": "torn',
+    ]
+    path = tmp_path / "damaged.jsonl"
+    path.write_text("\n".join(damaged))
+    html = build([path], tmp_path / "damaged.html")
+    text = html.read_text()
+    for message in ("schema version 7", "lacks fields", "malformed", "torn write"):
+        assert message in text, message
+    assert "Incomplete" in text  # the train record without seq_len is left out, and said so
+    result = render(html)
+    assert result["errors"] == []
+
+
+def test_report_of_10000_records(run_dir, tmp_path):
+    records, _ = read_records(run_dir / "tiny.jsonl")
+    points = [r for r in records if r["workload"] != "ceiling" and r["status"] == "ok"]
+    path = tmp_path / "big.jsonl"
+    with open(path, "w") as f:
+        f.write(json.dumps(records[0]) + "\n")
+        for i in range(10_000):
+            r = dict(points[i % len(points)])
+            r["key"] = f"{r['key']}#{i}"
+            f.write(json.dumps(r) + "\n")
+    html = build([path], tmp_path / "big.html")
+    assert html.stat().st_size < 30e6
+    result = render(html)
+    assert result["errors"] == [] and result["rows"] == 10_000
+
+
+def test_report_cli_errors(tmp_path, capsys):
+    assert cli(["report", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "x.html")]) == 2
+    assert "no such results file" in capsys.readouterr().err
