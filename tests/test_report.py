@@ -196,3 +196,31 @@ def test_report_of_10000_records(run_dir, tmp_path):
 def test_report_cli_errors(tmp_path, capsys):
     assert cli(["report", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "x.html")]) == 2
     assert "no such results file" in capsys.readouterr().err
+
+
+def test_kernel_figure_draws_every_implementation_and_the_ceiling(run_dir, tmp_path):
+    """Kernel records (workload kernel_<op>, params seq_len and backward) make the kernel figure."""
+    records, _ = read_records(run_dir / "tiny.jsonl")
+    ceiling = records[0]
+    template = next(r for r in records if r["status"] == "ok" and r["workload"] == "prefill")
+    lines = [json.dumps(ceiling)]
+    for impl in ("ours-triton", "peer-scan"):
+        for backward in (0, 1):
+            for t in (1024, 4096, 16384):
+                r = copy.deepcopy(template)
+                r.update(
+                    workload="kernel_scan",
+                    impl=impl,
+                    key=f"k|{impl}|{backward}|{t}",
+                    params={"batch": 8, "seq_len": t, "width": 2560, "backward": backward},
+                )
+                r["metrics"] = {"gbps": 1000.0 + t / 10, "mbu": 0.4, "tokens_per_s": 1.0}
+                lines.append(json.dumps(r))
+    path = tmp_path / "kernels.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = render(build([path], tmp_path / "kernels.html"))
+    assert result["errors"] == []
+    fig = next(f for f in result["figures"] if f["id"] == "fig-kernels")
+    assert fig["traces"] == 4 and fig["drawn"] == 4  # two implementations x (fwd, fwd+bwd) panels
+    assert set(fig["names"]) == {"ours-triton", "peer-scan"}
+    assert "copy " in (tmp_path / "kernels.html").read_text()

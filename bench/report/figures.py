@@ -208,17 +208,30 @@ def max_throughput(df: pd.DataFrame) -> Figure:
 
 
 def kernels(df: pd.DataFrame) -> Figure:
-    """GB/s vs sequence length of every kernel implementation, with the measured copy ceiling."""
-    fid, title = "fig-kernels", "Kernels: bandwidth vs sequence length"
+    """GB/s vs sequence length of every kernel implementation, forward and forward+backward, with
+    the copy bandwidth measured in the same run drawn as the ceiling.
+
+    Kernel records: workload "kernel_<op>", params seq_len and backward (0: forward, 1: forward +
+    backward), metrics gbps / mbu."""
+    fid, title = (
+        "fig-kernels",
+        "Kernels: bandwidth vs sequence length, against the measured copy ceiling",
+    )
     d = ok(df)
     d = d[d["workload"].astype(str).str.startswith("kernel")]
     if d.empty:
         return _no_data(fid, title, "kernel workload records (the kernels suite)")
     d, missing = _drop_missing(d, ["seq_len", "gbps"])
-    workloads = list(dict.fromkeys(d["workload"]))
-    fig = make_subplots(rows=1, cols=len(workloads), subplot_titles=workloads, shared_yaxes=True)
-    for col, wl in enumerate(workloads, start=1):
-        dw = d[d["workload"] == wl]
+    d = d.assign(direction=d["backward"].map(lambda b: "forward+backward" if b == 1 else "forward"))
+    panels = list(dict.fromkeys(zip(d["workload"], d["direction"], strict=True)))
+    fig = make_subplots(
+        rows=1,
+        cols=len(panels),
+        subplot_titles=[f"{w.removeprefix('kernel_')} {dr}" for w, dr in panels],
+        shared_yaxes=True,
+    )
+    for col, (wl, direction) in enumerate(panels, start=1):
+        dw = d[(d["workload"] == wl) & (d["direction"] == direction)]
         for impl, g in dw.groupby("impl", sort=False):
             g = g.sort_values("seq_len")
             fig.add_trace(
@@ -227,8 +240,12 @@ def kernels(df: pd.DataFrame) -> Figure:
                     g["gbps"],
                     impl,
                     legendgroup=impl,
-                    showlegend=col == 1,
-                    hovertemplate="%{x}: %{y:.4g} GB/s<extra>" + impl + "</extra>",
+                    showlegend=impl not in {t.name for t in fig.data},
+                    line=dict(color=impl_color(impl)),
+                    customdata=g["mbu"] * 100,
+                    hovertemplate="%{x}: %{y:.4g} GB/s (%{customdata:.0f}% of copy)<extra>"
+                    + impl
+                    + "</extra>",
                 ),
                 row=1,
                 col=col,
@@ -238,13 +255,14 @@ def kernels(df: pd.DataFrame) -> Figure:
             fig.add_hline(
                 y=float(ceiling.median()),
                 line_dash="dash",
-                annotation_text="copy ceiling",
+                line_color="#444",
+                annotation_text=f"copy {ceiling.median():.0f} GB/s",
                 row=1,
                 col=col,
             )
         fig.update_xaxes(title_text="sequence length", type="log", row=1, col=col)
-    fig.update_yaxes(title_text="GB/s", row=1, col=1)
-    note = "Dashed: the device copy bandwidth measured in the same run."
+    fig.update_yaxes(title_text="GB/s (hover: % of the copy ceiling)", row=1, col=1)
+    note = "Dashed: the device copy bandwidth (read + write) measured at the start of the same run."
     if missing:
         note += f" {missing} records were left out (missing fields)."
     return Figure(fid, title, _layout(fig), note, bool(missing))
