@@ -62,3 +62,10 @@ def forward_flops(cfg: ModelConfig, batch: int, start: int, t: int, logit_positi
 def train_flops(cfg: ModelConfig, batch: int, t: int) -> float:
     """Forward + backward (2x forward) with logits at every position."""
     return 3 * forward_flops(cfg, batch, 0, t, t)
+
+
+def train_weight_bytes(cfg: ModelConfig, dtype: str) -> int:
+    """Weight-related bytes of one AdamW training step, a floor that leaves activations out:
+    weights read in the forward and the backward pass, gradients written and read, and AdamW's
+    read-modify-write of weights and both moments (all in the parameter dtype): 10 passes."""
+    return 10 * weight_bytes(cfg, dtype)

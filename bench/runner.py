@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 from bench import catalog
-from bench.results import SCHEMA_VERSION, RecordWriter, recorded_keys
+from bench.results import RecordWriter, recorded_keys
 from bench.suite import Point, Suite
-from bench.worker import MARK, run_job
+from bench.worker import MARK, base_record, run_job
 
 _ORDER = {"prefill": 0, "decode": 1, "throughput": 2, "train_step": 3}
 
@@ -167,23 +167,13 @@ def _run_group(job, points, isolate, prog, labels, out: Path) -> None:
 
 def _crash_record(job: dict, p: Point, code: int) -> dict:
     how = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-    return {
-        "schema": SCHEMA_VERSION,
-        "run_id": job["run_id"],
-        "suite": job["suite"],
-        "key": p.key,
-        "gate_key": p.gate_key,
-        "workload": p.workload,
-        "model": p.model,
-        "impl": p.impl,
-        "role": job["impl"]["role"],
-        "backend": job["impl"]["backend"],
-        "dtype": p.dtype,
-        "params": p.param_dict,
-        "status": "error",
-        "error": f"the worker process died on this point ({how})",
-        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
+    rec = base_record(job, p, job["impl"], None)
+    rec.update(
+        status="error",
+        error=f"the worker process died on this point ({how})",
+        time=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )
+    return rec
 
 
 def _execute(job: dict, isolate: bool, prog: Progress, labels: dict, on_ceilings=None) -> int:

@@ -161,7 +161,8 @@ def run_reference(job: dict, emit) -> None:
             path.with_suffix(".err").write_text(msg)
 
 
-def _base_record(job: dict, p, impl: dict, env_info: dict) -> dict:
+def base_record(job: dict, p, impl: dict, env_info: dict | None) -> dict:
+    """The fields every point record has, before the outcome is known."""
     from bench.results import SCHEMA_VERSION
 
     return {
@@ -237,21 +238,21 @@ def run_measure(job: dict, emit) -> int:
             status = "oom" if backend.is_oom(exc) else "error"
             msg = f"building the model failed: {type(exc).__name__}: {exc}"[:2000]
             for p in points:
-                rec = _base_record(job, p, impl, env_info)
+                rec = base_record(job, p, impl, env_info)
                 rec.update(status=status, error=msg)
                 finish(rec, t_build)
             return 0
         build_s = time.perf_counter() - t_build
     else:
         for p in points:
-            rec = _base_record(job, p, impl, env_info)
+            rec = base_record(job, p, impl, env_info)
             rec.update(status="unavailable", error=reason)
             finish(rec, time.perf_counter())
         return 0
 
     for p in points:
         t0 = time.perf_counter()
-        rec = _base_record(job, p, impl, env_info)
+        rec = base_record(job, p, impl, env_info)
         rec["extra"] = {"build_s": build_s}
         wl, params, seed = workload(p.workload), p.param_dict, input_seed(p.gate_key)
         try:

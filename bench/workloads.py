@@ -193,7 +193,11 @@ class TrainStep(Workload):
         if not np.isfinite(last_loss):
             raise FloatingPointError(f"training loss is {last_loss}")
         b, t = p["batch"], p["seq_len"]
-        work = {"flops": analytic.train_flops(cfg, b, t), "bytes": None, "tokens": b * t}
+        work = {
+            "flops": analytic.train_flops(cfg, b, t),
+            "bytes": analytic.train_weight_bytes(cfg, dtype),
+            "tokens": b * t,
+        }
         return Measurement(timing, work, extra={"last_loss": last_loss})
 
 
