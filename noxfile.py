@@ -29,7 +29,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite on the CPU (JAX on CPU; the official code and transformers as oracles)."""
-    install(session, "jax,peers,report,test")
+    install(session, "jax,peers,report,test,triton")
     session.run("pytest", *session.posargs, env={"JAX_PLATFORMS": "cpu"})
 
 

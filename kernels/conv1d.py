@@ -6,11 +6,21 @@ where a tap x_{t-s} is dropped when a document starts in (t-s, t] (segment_pos =
 the official code masks it in training mode. `state` holds the W-1 inputs before the chunk, already
 masked (entries from before the current document are zero), so prefill, decode and a full forward
 compute the same function.
+
+    y, state = conv1d(x, w, b, segment_pos=None, state=None)       # Triton forward and backward
+    y, state = conv1d_ref(x, w, b, segment_pos=None, state=None)   # plain torch
+    y = conv1d_step(x, w, b, state, reset)                        # one decode step, state in place
+
+The Triton forward reads x once from memory (the W shifted tile loads overlap in cache) and writes
+y; the backward reads dy and x and writes dx, with dw and db reduced per batch row in the kernel.
+Gradients flow to x, w and b (the incoming state is treated as a constant).
 """
 
 from __future__ import annotations
 
 import torch
+
+from kernels._triton import tl, triton
 
 
 def _check(x, w, b, segment_pos, state) -> None:
@@ -68,3 +78,254 @@ def conv1d_ref(
     new_state = xx[:, t:]
     new_state = torch.where((doc[:, t:] == doc[:, -1:])[..., None], new_state, 0.0)
     return y, new_state
+
+
+# (BLOCK_T, BLOCK_D, num_warps)
+FWD_CONFIG = (64, 64, 2)
+BWD_CONFIG = (64, 64, 2)
+
+
+@triton.jit
+def _resets(seg_ptr, seg_b, seg_t, pid_b, offs_t, shift: tl.constexpr, T):
+    """1 where a document starts at t - shift (within [0, T)), else 0; [BLOCK_T, 1]."""
+    t = offs_t - shift
+    seg = tl.load(seg_ptr + pid_b * seg_b + t * seg_t, mask=(t >= 0) & (t < T), other=1)
+    return (seg == 0)[:, None]
+
+
+@triton.jit(do_not_specialize=["stride_d"])
+def _conv_fwd_kernel(
+    # pointers
+    x_ptr, w_ptr, b_ptr, seg_ptr, state_ptr, y_ptr,
+    # sizes
+    T, D,
+    # strides: x and y share them; segment_pos [b, t]; state [b, W-1, d] contiguous
+    stride_b, stride_t, stride_d, seg_b, seg_t,
+    # meta-parameters
+    W: tl.constexpr, HAS_SEG: tl.constexpr, HAS_STATE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_d, pid_b = tl.program_id(0), tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    base = pid_b.to(tl.int64) * stride_b + offs_d[None, :] * stride_d
+    bias = tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        mask = (offs_t[:, None] < T) & mask_d[None, :]
+        acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32) + bias[None, :]
+        keep = tl.full([BLOCK_T, 1], 1, dtype=tl.int1)
+        for s in tl.static_range(W):
+            if s > 0 and HAS_SEG:  # a document starting at t - s + 1 cuts taps s and beyond
+                keep = keep & ~_resets(seg_ptr, seg_b, seg_t, pid_b, offs_t, s - 1, T)
+            src = offs_t - s
+            tap = tl.load(
+                x_ptr + base + src[:, None].to(tl.int64) * stride_t,
+                mask=(src[:, None] >= 0) & mask,
+                other=0.0,
+            ).to(tl.float32)
+            if HAS_STATE:  # inputs before the chunk
+                j = src + (W - 1)
+                tap += tl.load(
+                    state_ptr + pid_b * (W - 1) * D + j[:, None] * D + offs_d[None, :],
+                    mask=(src[:, None] < 0) & (j[:, None] >= 0) & mask,
+                    other=0.0,
+                ).to(tl.float32)
+            w = tl.load(w_ptr + (W - 1 - s) * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+            acc += tl.where(keep, tap, 0.0) * w[None, :]
+        tl.store(y_ptr + base + offs_t[:, None].to(tl.int64) * stride_t,
+                 acc.to(y_ptr.dtype.element_ty), mask=mask)  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["stride_d"])
+def _conv_bwd_kernel(
+    # pointers
+    x_ptr, w_ptr, seg_ptr, state_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr,
+    # sizes
+    T, D,
+    # strides: x, dy, dx share them; segment_pos [b, t]; state [b, W-1, d]; dw [b, W, d]; db [b, d]
+    stride_b, stride_t, stride_d, seg_b, seg_t,
+    # meta-parameters
+    W: tl.constexpr, HAS_SEG: tl.constexpr, HAS_STATE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_d, pid_b = tl.program_id(0), tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    base = pid_b.to(tl.int64) * stride_b + offs_d[None, :] * stride_d
+    db = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        mask = (offs_t[:, None] < T) & mask_d[None, :]
+        ptrs = base + offs_t[:, None].to(tl.int64) * stride_t
+        dy_t = tl.load(dy_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+        db += tl.sum(dy_t, axis=0)
+        # dx_t = sum_s w[W-1-s] dy_{t+s} keep(t+s, s); keep(u, s): no reset in (u-s, u]
+        dx = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+        for s in tl.static_range(W):
+            dst = offs_t + s
+            dy = tl.load(dy_ptr + base + dst[:, None].to(tl.int64) * stride_t,
+                         mask=(dst[:, None] < T) & mask, other=0.0).to(tl.float32)  # fmt: skip
+            keep = tl.full([BLOCK_T, 1], 1, dtype=tl.int1)
+            if HAS_SEG:
+                for q in tl.static_range(s):  # resets at t+1 .. t+s
+                    keep = keep & ~_resets(seg_ptr, seg_b, seg_t, pid_b, offs_t, -(q + 1), T)
+            w = tl.load(w_ptr + (W - 1 - s) * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+            dx += tl.where(keep, dy, 0.0) * w[None, :]
+        tl.store(dx_ptr + ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        # dw[W-1-s] += sum_t dy_t x_{t-s} keep(t, s)
+        keep = tl.full([BLOCK_T, 1], 1, dtype=tl.int1)
+        for s in tl.static_range(W):
+            if s > 0 and HAS_SEG:
+                keep = keep & ~_resets(seg_ptr, seg_b, seg_t, pid_b, offs_t, s - 1, T)
+            src = offs_t - s
+            tap = tl.load(x_ptr + base + src[:, None].to(tl.int64) * stride_t,
+                          mask=(src[:, None] >= 0) & mask, other=0.0).to(tl.float32)  # fmt: skip
+            if HAS_STATE:
+                j = src + (W - 1)
+                tap += tl.load(
+                    state_ptr + pid_b * (W - 1) * D + j[:, None] * D + offs_d[None, :],
+                    mask=(src[:, None] < 0) & (j[:, None] >= 0) & mask,
+                    other=0.0,
+                ).to(tl.float32)
+            part = tl.sum(tl.where(keep, tap, 0.0) * dy_t, axis=0)
+            dw_ptrs = dw_ptr + pid_b * W * D + (W - 1 - s) * D + offs_d
+            tl.store(dw_ptrs, tl.load(dw_ptrs, mask=mask_d, other=0.0) + part, mask=mask_d)
+    tl.store(db_ptr + pid_b * D + offs_d, db, mask=mask_d)
+
+
+def _seg(segment_pos, x):
+    if segment_pos is None:
+        return x, 0, 0  # any pointer: not read
+    return segment_pos, segment_pos.stride(0), segment_pos.stride(1)
+
+
+def _new_state(x, segment_pos, state, width):
+    """The last W-1 inputs, zeroed before the last document start (as conv1d_ref)."""
+    bsz, _, e = x.shape
+    prev = state if state is not None else x.new_zeros(bsz, width - 1, e)
+    xx = torch.cat([prev.to(x.dtype), x[:, -(width - 1) :]], dim=1)[:, -(width - 1) :]
+    if segment_pos is None:
+        return xx
+    tail = segment_pos[:, -(width - 1) :]
+    doc = torch.cumsum((tail == 0).long(), dim=1)
+    doc = torch.cat([doc.new_zeros(bsz, width - 1 - tail.shape[1]), doc], dim=1)
+    return torch.where((doc == doc[:, -1:])[..., None], xx, 0.0)
+
+
+class _Conv1D(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b, segment_pos, state):
+        bsz, t, d = x.shape
+        width = w.shape[0]
+        block_t, block_d, warps = FWD_CONFIG
+        y = torch.empty_like(x)
+        seg, seg_b, seg_t = _seg(segment_pos, x)
+        _conv_fwd_kernel[(triton.cdiv(d, block_d), bsz)](
+            x, w, b, seg, state if state is not None else x, y,
+            t, d, x.stride(0), x.stride(1), x.stride(2), seg_b, seg_t,
+            W=width, HAS_SEG=segment_pos is not None, HAS_STATE=state is not None,
+            BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps,
+        )  # fmt: skip
+        ctx.save_for_backward(x, w, segment_pos, state)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w, segment_pos, state = ctx.saved_tensors
+        bsz, t, d = x.shape
+        width = w.shape[0]
+        block_t, block_d, warps = BWD_CONFIG
+        dy = dy.contiguous()
+        dx = torch.empty_like(x)
+        dw = torch.zeros(bsz, width, d, device=x.device, dtype=torch.float32)
+        db = torch.empty(bsz, d, device=x.device, dtype=torch.float32)
+        seg, seg_b, seg_t = _seg(segment_pos, x)
+        _conv_bwd_kernel[(triton.cdiv(d, block_d), bsz)](
+            x, w, seg, state if state is not None else x, dy, dx, dw, db,
+            t, d, x.stride(0), x.stride(1), x.stride(2), seg_b, seg_t,
+            W=width, HAS_SEG=segment_pos is not None, HAS_STATE=state is not None,
+            BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps,
+        )  # fmt: skip
+        return dx, dw.sum(0).to(w.dtype), db.sum(0).to(w.dtype), None, None
+
+
+def conv1d(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    segment_pos: torch.Tensor | None = None,
+    state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton causal depthwise conv; same arguments and results as conv1d_ref."""
+    _check(x, w, b, segment_pos, state)
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"x must be float32, bfloat16 or float16, got {x.dtype}")
+    if x.shape[1] == 0:
+        raise ValueError("conv1d needs at least one time step")
+    x = x.contiguous()
+    seg = None if segment_pos is None else segment_pos.contiguous()
+    st = None if state is None else state.detach().to(x.dtype).contiguous()
+    y = _Conv1D.apply(x, w.contiguous(), b.contiguous(), seg, st)
+    return y, _new_state(x.detach(), seg, st, w.shape[0])
+
+
+@triton.jit
+def _conv_step_kernel(
+    x_ptr, w_ptr, b_ptr, state_ptr, reset_ptr, y_ptr,
+    D,
+    W: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_d, pid_b = tl.program_id(0), tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask = offs_d < D
+    reset = tl.load(reset_ptr + pid_b) != 0
+    x = tl.load(x_ptr + pid_b * D + offs_d, mask=mask, other=0.0).to(tl.float32)
+    acc = tl.load(b_ptr + offs_d, mask=mask, other=0.0).to(tl.float32)
+    acc += x * tl.load(w_ptr + (W - 1) * D + offs_d, mask=mask, other=0.0).to(tl.float32)
+    row = state_ptr + pid_b * (W - 1) * D + offs_d
+    for j in tl.static_range(W - 1):  # row j holds x_{t-(W-1)+j}: row j moves to j - 1
+        s = tl.load(row + j * D, mask=mask, other=0.0).to(tl.float32)
+        s = tl.where(reset, 0.0, s)
+        acc += s * tl.load(w_ptr + j * D + offs_d, mask=mask, other=0.0).to(tl.float32)
+        if j > 0:  # row j - 1 was read in the previous iteration
+            tl.store(row + (j - 1) * D, s.to(state_ptr.dtype.element_ty), mask=mask)
+    if W > 1:
+        tl.store(row + (W - 2) * D, x.to(state_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + pid_b * D + offs_d, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _check_step(x, w, b, state, reset):
+    if x.ndim != 2 or state.shape != (x.shape[0], w.shape[0] - 1, x.shape[1]):
+        raise ValueError(
+            f"x must be [b, e] and state [b, W-1, e]; got {list(x.shape)}, {list(state.shape)}"
+        )
+    if reset.shape != (x.shape[0],):
+        raise ValueError(f"reset must be [b] = [{x.shape[0]}], got {list(reset.shape)}")
+
+
+def conv1d_step_ref(x, w, b, state, reset):
+    """One decode step, plain torch: x [b, e] (one token), state [b, W-1, e] updated in place,
+    reset bool [b] (a document starts at this token: the state is cut first). Returns y [b, e]."""
+    _check_step(x, w, b, state, reset)
+    prev = torch.where(reset[:, None, None], 0.0, state.to(x.dtype))
+    window = torch.cat([prev, x[:, None]], dim=1)  # [b, W, e]
+    y = (window.float() * w[None].float()).sum(1) + b.float()
+    state.copy_(window[:, 1:].to(state.dtype))
+    return y.to(x.dtype)
+
+
+def conv1d_step(x, w, b, state, reset):
+    """One decode step with a Triton kernel; same arguments and effect as conv1d_step_ref.
+    Writes `state` in place (so it must not be autotuned: a tuning rerun would shift it twice)."""
+    _check_step(x, w, b, state, reset)
+    if not (x.is_contiguous() and state.is_contiguous()):
+        raise ValueError("conv1d_step needs contiguous x and state (the state is updated in place)")
+    bsz, d = x.shape
+    y = torch.empty_like(x)
+    block_d = 128
+    _conv_step_kernel[(triton.cdiv(d, block_d), bsz)](
+        x, w.contiguous(), b.contiguous(), state, reset.to(torch.int8), y, d,
+        W=w.shape[0], BLOCK_D=block_d, num_warps=4,
+    )  # fmt: skip
+    return y

@@ -1,40 +1,238 @@
 """Diagonal linear recurrence `h_t = a_t * h_{t-1} + x_t` over [b, t, d] tensors.
 
-The state is carried in float32 whatever the input dtype; outputs are cast back to x.dtype.
+    h, h_last = linear_scan(a, x, h0=None)       # Triton, forward and backward
+    h, h_last = linear_scan_ref(a, x, h0=None)   # plain torch, the same function
+
+The state is carried in float32 whatever the input dtype; h is returned in x.dtype, h_last in
+float32. Inputs are [b, t, d] with d contiguous (no transposes for the caller).
+
+Kernel layout: one program owns BLOCK_D channels of one batch row and walks the whole sequence in
+tiles of BLOCK_T time steps. A tile is loaded at once (BLOCK_T x BLOCK_D loads in flight), scanned
+along time with `tl.associative_scan`, and the last row carried into the next tile. Everything
+about the recurrence stays in registers; the kernel reads a and x once and writes h once (6 bytes
+per element in bf16), the minimum.
+
+Backward: with δ_t = dL/dh_t (all paths), δ_t = g_t + a_{t+1} δ_{t+1} is the same recurrence run
+backwards in time; then dx_t = δ_t, da_t = δ_t h_{t-1}, dh0 = a_0 δ_0. The forward output h is
+saved for h_{t-1} (in x.dtype: in bf16 that rounds the h used for da to bf16).
 """
 
 from __future__ import annotations
 
 import torch
 
+from kernels._triton import tl, triton
+
+# (BLOCK_T, BLOCK_D, num_warps): see results/h100/NOTES.md (kernels) for how they were chosen.
+FWD_CONFIG = (64, 32, 1)
+BWD_CONFIG = (64, 32, 1)
+
 
 def _check(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor | None) -> None:
     if x.ndim != 3 or a.shape != x.shape:
         raise ValueError(
-            f"a and x must both be [b, t, d]; got a {tuple(a.shape)}, x {tuple(x.shape)}"
+            f"a and x must both be [b, t, d]; got a {list(a.shape)}, x {list(x.shape)}"
         )
-    if h0 is not None and (h0.shape != (x.shape[0], x.shape[2]) or h0.dtype != torch.float32):
+    state = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if h0 is not None and (h0.shape != (x.shape[0], x.shape[2]) or h0.dtype != state):
         raise ValueError(
-            f"h0 must be float32 [b, d] = {[x.shape[0], x.shape[2]]}; got {h0.dtype} {list(h0.shape)}"
+            f"h0 must be {state} [b, d] = {[x.shape[0], x.shape[2]]}; got {h0.dtype} {list(h0.shape)}"
         )
 
 
 def linear_scan_ref(
     a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference scan: a loop over time in float32.
+    """Reference scan: a loop over time in float32 (float64 stays float64).
 
     Args:
       a, x: [b, t, d], any float dtype.
       h0: float32 [b, d] or None (zeros).
     Returns:
-      h: [b, t, d] in x.dtype; h_last: float32 [b, d].
+      h: [b, t, d] in x.dtype; h_last: float32 [b, d] (float64 for float64 inputs).
     """
     _check(a, x, h0)
-    h = torch.zeros_like(x[:, 0], dtype=torch.float32) if h0 is None else h0
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    h = torch.zeros_like(x[:, 0], dtype=acc) if h0 is None else h0.to(acc)
     out = []
     for t in range(x.shape[1]):
-        h = a[:, t].float() * h + x[:, t].float()
+        h = a[:, t].to(acc) * h + x[:, t].to(acc)
         out.append(h.to(x.dtype))
     ys = torch.stack(out, dim=1) if out else x.new_empty(x.shape)
     return ys, h
+
+
+@triton.jit
+def _combine(a1, x1, a2, x2):
+    # (a1, x1) then (a2, x2): h -> a2 (a1 h + x1) + x2
+    return a1 * a2, a2 * x1 + x2
+
+
+@triton.jit
+def _last_row(tile, BLOCK_T: tl.constexpr):
+    rows = tl.arange(0, BLOCK_T)[:, None]
+    return tl.sum(tl.where(rows == BLOCK_T - 1, tile, 0.0), axis=0)
+
+
+@triton.jit
+def _first_row(tile, BLOCK_T: tl.constexpr):
+    rows = tl.arange(0, BLOCK_T)[:, None]
+    return tl.sum(tl.where(rows == 0, tile, 0.0), axis=0)
+
+
+@triton.jit(do_not_specialize=["stride_d"])
+def _scan_fwd_kernel(
+    # pointers
+    a_ptr, x_ptr, h_ptr, h0_ptr, hlast_ptr,
+    # sizes
+    T, D,
+    # strides (a, x and h share them; h0 / h_last are [b, d] contiguous)
+    stride_b, stride_t, stride_d,
+    # meta-parameters
+    HAS_H0: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_d, pid_b = tl.program_id(0), tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    base = pid_b.to(tl.int64) * stride_b + offs_d[None, :] * stride_d
+    if HAS_H0:
+        h = tl.load(h0_ptr + pid_b * D + offs_d, mask=mask_d, other=0.0)
+    else:
+        h = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        mask = (offs_t[:, None] < T) & mask_d[None, :]
+        ptrs = base + offs_t[:, None].to(tl.int64) * stride_t
+        # padding rows carry h through unchanged: a = 1, x = 0
+        a = tl.load(a_ptr + ptrs, mask=mask, other=1.0).to(tl.float32)
+        x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+        a_cum, x_cum = tl.associative_scan((a, x), axis=0, combine_fn=_combine)
+        hs = a_cum * h[None, :] + x_cum
+        tl.store(h_ptr + ptrs, hs.to(h_ptr.dtype.element_ty), mask=mask)
+        h = _last_row(hs, BLOCK_T)
+    tl.store(hlast_ptr + pid_b * D + offs_d, h, mask=mask_d)
+
+
+@triton.jit(do_not_specialize=["stride_d"])
+def _scan_bwd_kernel(
+    # pointers
+    a_ptr, h_ptr, h0_ptr, dh_ptr, dhlast_ptr, da_ptr, dx_ptr, dh0_ptr,
+    # sizes
+    T, D,
+    # strides (a, h, dh, da, dx share them)
+    stride_b, stride_t, stride_d,
+    # meta-parameters
+    HAS_H0: tl.constexpr, HAS_DHLAST: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_d, pid_b = tl.program_id(0), tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    base = pid_b.to(tl.int64) * stride_b + offs_d[None, :] * stride_d
+    if HAS_DHLAST:
+        delta = tl.load(dhlast_ptr + pid_b * D + offs_d, mask=mask_d, other=0.0)
+    else:
+        delta = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_H0:
+        h0 = tl.load(h0_ptr + pid_b * D + offs_d, mask=mask_d, other=0.0)
+    else:
+        h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
+    a_first = tl.zeros([BLOCK_D], dtype=tl.float32)
+    n_tiles = tl.cdiv(T, BLOCK_T)
+    for i in range(n_tiles):
+        t0 = (n_tiles - 1 - i) * BLOCK_T
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        valid = offs_t[:, None] < T
+        mask = valid & mask_d[None, :]
+        ptrs = base + offs_t[:, None].to(tl.int64) * stride_t
+        # δ_t = g_t + c_t δ_{t+1} with c_t = a_{t+1}; the last step and padding rows pass the
+        # carry (dh_last, then δ of the next tile) through: c = 1, g = 0 on padding.
+        next_mask = (offs_t[:, None] + 1 < T) & mask_d[None, :]
+        c = tl.load(a_ptr + ptrs + stride_t, mask=next_mask, other=1.0).to(tl.float32)
+        g = tl.load(dh_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+        c_cum, g_cum = tl.associative_scan((c, g), axis=0, combine_fn=_combine, reverse=True)
+        deltas = c_cum * delta[None, :] + g_cum
+        prev_mask = (offs_t[:, None] >= 1) & mask
+        h_prev = tl.load(h_ptr + ptrs - stride_t, mask=prev_mask, other=0.0).to(tl.float32)
+        h_prev = tl.where(offs_t[:, None] == 0, h0[None, :], h_prev)
+        tl.store(dx_ptr + ptrs, deltas.to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(da_ptr + ptrs, (deltas * h_prev).to(da_ptr.dtype.element_ty), mask=mask)
+        delta = _first_row(deltas, BLOCK_T)
+        if t0 == 0:
+            a_first = _first_row(
+                tl.load(a_ptr + ptrs, mask=mask, other=0.0).to(tl.float32), BLOCK_T
+            )
+    if HAS_H0:
+        tl.store(dh0_ptr + pid_b * D + offs_d, a_first * delta, mask=mask_d)
+
+
+def _strides(x: torch.Tensor) -> tuple[int, int, int]:
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _forward(a, x, h0, config=FWD_CONFIG):
+    b, t, d = x.shape
+    block_t, block_d, warps = config
+    h = torch.empty_like(x)
+    h_last = torch.empty(b, d, device=x.device, dtype=torch.float32)
+    grid = (triton.cdiv(d, block_d), b)
+    _scan_fwd_kernel[grid](
+        a, x, h, h0 if h0 is not None else h_last, h_last,
+        t, d, *_strides(x),
+        HAS_H0=h0 is not None, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps,
+    )  # fmt: skip
+    return h, h_last
+
+
+def _backward(a, h, h0, dh, dh_last, config=BWD_CONFIG):
+    b, t, d = h.shape
+    block_t, block_d, warps = config
+    da, dx = torch.empty_like(a), torch.empty_like(h)
+    dh0 = torch.empty(b, d, device=h.device, dtype=torch.float32) if h0 is not None else None
+    grid = (triton.cdiv(d, block_d), b)
+    _scan_bwd_kernel[grid](
+        a, h, h0 if h0 is not None else da, dh, dh_last if dh_last is not None else da,
+        da, dx, dh0 if dh0 is not None else da,
+        t, d, *_strides(h),
+        HAS_H0=h0 is not None, HAS_DHLAST=dh_last is not None,
+        BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps,
+    )  # fmt: skip
+    return da, dx, dh0
+
+
+class _LinearScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, x, h0):
+        h, h_last = _forward(a, x, h0)
+        ctx.save_for_backward(a, h, h0)
+        return h, h_last
+
+    @staticmethod
+    def backward(ctx, dh, dh_last):
+        a, h, h0 = ctx.saved_tensors
+        dh = torch.zeros_like(h) if dh is None else dh.contiguous()
+        da, dx, dh0 = _backward(a, h, h0, dh, dh_last)
+        return da, dx, dh0
+
+
+def linear_scan(
+    a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`h_t = a_t h_{t-1} + x_t` with a Triton kernel (forward and backward).
+
+    Args:
+      a, x: [b, t, d] in float32, bfloat16 or float16 (the same dtype), on a GPU (or the CPU
+        under TRITON_INTERPRET=1).
+      h0: float32 [b, d] or None.
+    Returns:
+      h: [b, t, d] in x.dtype; h_last: float32 [b, d]. Differentiable in a, x and h0.
+    """
+    _check(a, x, h0)
+    if a.dtype != x.dtype or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(
+            f"a and x must share one dtype of float32, bfloat16, float16; got {a.dtype}, {x.dtype}"
+        )
+    if x.shape[1] == 0:
+        raise ValueError("linear_scan needs at least one time step")
+    a, x = a.contiguous(), x.contiguous()
+    h0 = None if h0 is None else h0.contiguous()
+    return _LinearScan.apply(a, x, h0)

@@ -1,4 +1,5 @@
-"""Shared test setup: float32 everywhere, deterministic seeds, JAX on the CPU."""
+"""Shared test setup: float32 everywhere, deterministic seeds, JAX on the CPU, Triton kernels in
+Triton's interpreter where there is no GPU."""
 
 import os
 
@@ -7,6 +8,10 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Set before any kernel module is imported: triton.jit reads it when a kernel is defined.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

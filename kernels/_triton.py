@@ -1,0 +1,39 @@
+"""Triton, or a stand-in when it is not installed.
+
+The reference twins (`*_ref`) and the models that use them must work without Triton (it is an
+optional extra), while the Triton kernels live in the same modules. Without Triton, `triton.jit`
+returns a kernel that raises a clear error when launched; nothing else changes.
+"""
+
+from __future__ import annotations
+
+try:
+    import triton
+    import triton.language as tl
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - exercised only where Triton is absent
+    AVAILABLE = False
+    _MESSAGE = "Triton is not installed: pip install 'griffin-bench[triton]' (or triton)"
+
+    class _Kernel:
+        def __getitem__(self, grid):
+            raise ImportError(_MESSAGE)
+
+    class _Triton:
+        @staticmethod
+        def jit(fn=None, **_):
+            return _Kernel() if fn is not None else (lambda f: _Kernel())
+
+        @staticmethod
+        def cdiv(a, b):
+            return -(-a // b)
+
+    class _Language:
+        def __getattr__(self, name):
+            raise ImportError(_MESSAGE)
+
+    triton = _Triton()
+    tl = _Language()
+
+__all__ = ["AVAILABLE", "tl", "triton"]

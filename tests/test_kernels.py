@@ -1,0 +1,206 @@
+"""Every Triton kernel against its `_ref` twin computed in float64: outputs and gradients, odd
+shapes (t and d not multiples of the blocks), document resets and h0, float32 and bfloat16.
+Outputs are poisoned (NaN) before each call, so an element a kernel fails to write fails the test.
+On a machine without a GPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kernels.conv1d import conv1d, conv1d_ref, conv1d_step, conv1d_step_ref
+from kernels.rglru import rg_lru, rg_lru_ref, rg_lru_step, rg_lru_step_ref
+from kernels.scan import linear_scan, linear_scan_ref
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SHAPES = [(2, 37, 45), (1, 1, 3), (3, 130, 70)]  # (b, t, d): blocks are 32..64 wide
+DTYPES = [torch.float32, torch.bfloat16]
+# relative Frobenius error against float64: float32 arithmetic lands far below 1e-5; bfloat16
+# inputs/outputs carry their rounding (2^-9 relative) into outputs and gradients
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    """torch.empty / empty_like return NaN-filled (floats) or -1-filled (ints) tensors."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def fill(t):
+        return t.fill_(float("nan") if t.dtype.is_floating_point else -1)
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
+
+
+def rel(out, ref) -> float:
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    assert not torch.isnan(out).any(), "NaN in the output: an element was not written"
+    denom = ref.norm()
+    return float((out - ref).norm() / denom) if denom > 0 else float(out.norm())
+
+
+def leaf(*shape, dtype, scale=1.0, positive=False):
+    x = torch.rand(*shape) if positive else torch.randn(*shape) * scale
+    return x.to(DEVICE, dtype).requires_grad_()
+
+
+def resets(b, t):
+    """Segment positions: row 0 a reset in the middle, row 1 continues a document (no reset at 0,
+    so h0 matters), the last row a reset at its final step."""
+    pos = torch.arange(t).repeat(b, 1)
+    pos[0, t // 3 :] = torch.arange(t - t // 3)
+    if b > 1:
+        pos[1] += 7
+    if t > 1:
+        pos[-1, -1] = 0
+    return pos.to(DEVICE)
+
+
+def check_grads(pairs, dtype):
+    for name, (got, ref) in pairs.items():
+        assert rel(got, ref) <= TOL[dtype], f"{name}: {rel(got, ref):.3g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_linear_scan(shape, dtype, with_h0):
+    b, t, d = shape
+    a, x = leaf(b, t, d, dtype=dtype, positive=True), leaf(b, t, d, dtype=dtype)
+    h0 = leaf(b, d, dtype=torch.float32) if with_h0 else None
+    h, h_last = linear_scan(a, x, h0)
+    ref_in = [v.detach().double().requires_grad_() if v is not None else None for v in (a, x, h0)]
+    h_ref, last_ref = linear_scan_ref(*ref_in)
+    assert h.dtype == dtype and h_last.dtype == torch.float32
+    assert rel(h, h_ref) <= TOL[dtype] and rel(h_last, last_ref) <= TOL[torch.float32]
+    gh, gl = torch.randn(b, t, d, device=DEVICE), torch.randn(b, d, device=DEVICE)
+    ((h.float() * gh).sum() + (h_last * gl).sum()).backward()
+    ((h_ref * gh.double()).sum() + (last_ref * gl.double()).sum()).backward()
+    pairs = {"da": (a.grad, ref_in[0].grad), "dx": (x.grad, ref_in[1].grad)}
+    if with_h0:
+        pairs["dh0"] = (h0.grad, ref_in[2].grad)
+    check_grads(pairs, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("with_resets", [False, True])
+def test_rg_lru(shape, dtype, with_resets):
+    b, t, d = shape
+    x, gx, ga = (leaf(b, t, d, dtype=dtype) for _ in range(3))
+    a_param = leaf(d, dtype=dtype)
+    h0 = leaf(b, d, dtype=torch.float32)
+    pos = resets(b, t) if with_resets else None
+    y, h_last = rg_lru(x, gx, ga, a_param, pos, h0)
+    ref_in = [v.detach().double().requires_grad_() for v in (x, gx, ga, a_param, h0)]
+    y_ref, last_ref = rg_lru_ref(*ref_in[:4], pos, ref_in[4])
+    assert rel(y, y_ref) <= TOL[dtype] and rel(h_last, last_ref) <= TOL[torch.float32]
+    gy, gl = torch.randn(b, t, d, device=DEVICE), torch.randn(b, d, device=DEVICE)
+    ((y.float() * gy).sum() + (h_last * gl).sum()).backward()
+    ((y_ref * gy.double()).sum() + (last_ref * gl.double()).sum()).backward()
+    names = ("dx", "dgate_x", "dgate_a", "da_param", "dh0")
+    got = (x.grad, gx.grad, ga.grad, a_param.grad, h0.grad)
+    check_grads({n: (g, r.grad) for n, g, r in zip(names, got, ref_in, strict=True)}, dtype)
+
+
+def test_rg_lru_sqrt_gradient_is_clipped():
+    """a -> 1 (gate_a and Λ very negative: 1 - a^2 ~ 1e-26): the sqrt gradient is clipped at
+    1000 as in the reference, and stays finite."""
+    b, t, d = 1, 9, 40
+    x = torch.randn(b, t, d, device=DEVICE, requires_grad=True)
+    gx = torch.randn(b, t, d, device=DEVICE, requires_grad=True)
+    ga = torch.full((b, t, d), -30.0, device=DEVICE, requires_grad=True)
+    a_param = torch.full((d,), -30.0, device=DEVICE, requires_grad=True)
+    y, _ = rg_lru(x, gx, ga, a_param)
+    y.sum().backward()
+    ref_in = [v.detach().double().requires_grad_() for v in (x, gx, ga, a_param)]
+    rg_lru_ref(*ref_in)[0].sum().backward()
+    for got, ref in zip((gx.grad, ga.grad, a_param.grad), ref_in[1:], strict=True):
+        assert torch.isfinite(got).all()
+        assert rel(got, ref.grad) <= 1e-4
+    assert torch.isfinite(x.grad).all()  # dx ~ sqrt(1 - a^2): 0 in float32, ~1e-13 in float64
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("with_state", [False, True])
+def test_conv1d(shape, dtype, with_state):
+    b, t, d = shape
+    x = leaf(b, t, d, dtype=dtype)
+    w, bias = leaf(4, d, dtype=dtype), leaf(d, dtype=dtype)
+    state = torch.randn(b, 3, d, device=DEVICE).to(dtype) if with_state else None
+    pos = resets(b, t)
+    y, new_state = conv1d(x, w, bias, pos, state)
+    ref_in = [v.detach().double().requires_grad_() for v in (x, w, bias)]
+    y_ref, state_ref = conv1d_ref(*ref_in, pos, None if state is None else state.double())
+    assert rel(y, y_ref) <= TOL[dtype] and rel(new_state, state_ref) <= TOL[dtype]
+    gy = torch.randn(b, t, d, device=DEVICE)
+    (y.float() * gy).sum().backward()
+    (y_ref * gy.double()).sum().backward()
+    names = ("dx", "dw", "db")
+    check_grads(
+        {n: (g.grad, r.grad) for n, g, r in zip(names, (x, w, bias), ref_in, strict=True)}, dtype
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_decode_steps_update_state_in_place_like_their_refs(dtype):
+    b, d = 3, 70
+    conv_state = torch.randn(b, 3, d, device=DEVICE).to(dtype)
+    h = torch.randn(b, d, device=DEVICE)
+    conv_ref_state, h_ref = conv_state.clone(), h.clone()
+    for step in range(6):
+        x, gx, ga = (torch.randn(b, d, device=DEVICE).to(dtype) for _ in range(3))
+        w, bias = (
+            torch.randn(4, d, device=DEVICE).to(dtype),
+            torch.randn(d, device=DEVICE).to(dtype),
+        )
+        a_param = torch.randn(d, device=DEVICE).to(dtype)
+        reset = torch.tensor([step == 2, False, step % 2 == 0], device=DEVICE)
+        y = conv1d_step(x, w, bias, conv_state, reset)
+        y_ref = conv1d_step_ref(x, w, bias, conv_ref_state, reset)
+        assert rel(y, y_ref) <= TOL[dtype] and torch.equal(conv_state, conv_ref_state)
+        z = rg_lru_step(x, gx, ga, a_param, h, reset)
+        z_ref = rg_lru_step_ref(x, gx, ga, a_param, h_ref, reset)
+        assert rel(z, z_ref) <= TOL[dtype] and rel(h, h_ref) <= 1e-6
+
+
+def test_kernel_input_errors():
+    x = torch.randn(2, 5, 8, device=DEVICE)
+    with pytest.raises(ValueError, match=r"a and x must both be \[b, t, d\]"):
+        linear_scan(x[..., :4], x)
+    with pytest.raises(ValueError, match="share one dtype"):
+        linear_scan(x.bfloat16(), x)
+    with pytest.raises(ValueError, match=r"h0 must be torch.float32 \[b, d\]"):
+        linear_scan(x, x, torch.zeros(2, 8, dtype=torch.bfloat16, device=DEVICE))
+    with pytest.raises(ValueError, match=r"a_param must be \[d\] = \[8\]"):
+        rg_lru(x, x, x, torch.zeros(7, device=DEVICE))
+    with pytest.raises(ValueError, match="segment_pos must be"):
+        conv1d(
+            x, torch.zeros(4, 8, device=DEVICE), torch.zeros(8, device=DEVICE), torch.zeros(2, 4)
+        )
+
+
+def test_reference_models_work_without_triton():
+    """Triton is an optional extra: without it the references run and the kernels say why not."""
+    code = """
+import sys
+sys.modules["triton"] = None
+import torch
+from kernels.rglru import rg_lru, rg_lru_ref
+from models.config import preset
+from models.torch import Model
+m = Model(preset("griffin-tiny"))
+print(m(torch.zeros(1, 4, dtype=torch.long), torch.arange(4)[None]).shape)
+x = torch.randn(1, 3, 4)
+try:
+    rg_lru(x, x, x, torch.zeros(4))
+except ImportError as exc:
+    print("ImportError:", exc)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert "torch.Size([1, 4, 256])" in out
+    assert "ImportError: Triton is not installed" in out
