@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels._triton import tl, triton
-from kernels.scan import _combine, _first_row, _last_row, linear_scan_ref
+from kernels.scan import _combine, _d_offsets, _first_row, _last_row, linear_scan_ref
 
 MAX_SQRT_GRADIENT = 1000.0
 
@@ -92,9 +92,9 @@ def rg_lru_ref(
     return y.to(x.dtype), h_last
 
 
-# (BLOCK_T, BLOCK_D, num_warps), as for kernels.scan.
-FWD_CONFIG = (64, 32, 1)
-BWD_CONFIG = (32, 32, 1)
+# (BLOCK_T, BLOCK_D, num_warps, CONTIG_D), as for kernels.scan.
+FWD_CONFIG = (64, 32, 1, False)
+BWD_CONFIG = (32, 32, 1, False)
 
 
 @triton.jit
@@ -132,11 +132,12 @@ def _rglru_fwd_kernel(
     stride_b, stride_t, stride_d, seg_b, seg_t,
     # meta-parameters
     HAS_SEG: tl.constexpr, HAS_H0: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    CONTIG_D: tl.constexpr,
 ):  # fmt: skip
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
-    base = pid_b.to(tl.int64) * stride_b + offs_d[None, :] * stride_d
+    base = pid_b.to(tl.int64) * stride_b + _d_offsets(offs_d, stride_d, CONTIG_D)[None, :]
     sp = _softplus(tl.load(aparam_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32))
     if HAS_H0:
         h = tl.load(h0_ptr + pid_b * D + offs_d, mask=mask_d, other=0.0)
@@ -177,11 +178,12 @@ def _rglru_bwd_kernel(
     # meta-parameters
     HAS_SEG: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHLAST: tl.constexpr,
     MIN_4Z: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    CONTIG_D: tl.constexpr,
 ):  # fmt: skip
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
-    base = pid_b.to(tl.int64) * stride_b + offs_d[None, :] * stride_d
+    base = pid_b.to(tl.int64) * stride_b + _d_offsets(offs_d, stride_d, CONTIG_D)[None, :]
     sp = _softplus(tl.load(aparam_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32))
     if HAS_DHLAST:
         delta = tl.load(dhlast_ptr + pid_b * D + offs_d, mask=mask_d, other=0.0)
@@ -254,7 +256,7 @@ def _seg_args(segment_pos, x):
 
 def _rglru_forward(x, gx, ga, a_param, segment_pos, h0, config=FWD_CONFIG):
     b, t, d = x.shape
-    block_t, block_d, warps = config
+    block_t, block_d, warps, contig = config
     y = torch.empty_like(x)
     h_last = torch.empty(b, d, device=x.device, dtype=torch.float32)
     seg, seg_b, seg_t = _seg_args(segment_pos, x)
@@ -262,14 +264,14 @@ def _rglru_forward(x, gx, ga, a_param, segment_pos, h0, config=FWD_CONFIG):
         x, gx, ga, a_param, seg, h0 if h0 is not None else h_last, y, h_last,
         t, d, x.stride(0), x.stride(1), x.stride(2), seg_b, seg_t,
         HAS_SEG=segment_pos is not None, HAS_H0=h0 is not None,
-        BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps,
+        BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, num_warps=warps,
     )  # fmt: skip
     return y, h_last
 
 
 def _rglru_backward(x, gx, ga, a_param, segment_pos, h0, y, dy, dh_last, config=BWD_CONFIG):
     b, t, d = x.shape
-    block_t, block_d, warps = config
+    block_t, block_d, warps, contig = config
     dx, dgx, dga = torch.empty_like(x), torch.empty_like(gx), torch.empty_like(ga)
     dsp = torch.empty(b, d, device=x.device, dtype=torch.float32)
     dh0 = torch.empty(b, d, device=x.device, dtype=torch.float32) if h0 is not None else None
@@ -279,7 +281,7 @@ def _rglru_backward(x, gx, ga, a_param, segment_pos, h0, y, dy, dh_last, config=
         dh_last if dh_last is not None else dsp, dx, dgx, dga, dsp, dh0 if dh0 is not None else dsp,
         t, d, x.stride(0), x.stride(1), x.stride(2), seg_b, seg_t,
         HAS_SEG=segment_pos is not None, HAS_H0=h0 is not None, HAS_DHLAST=dh_last is not None,
-        MIN_4Z=1.0 / MAX_SQRT_GRADIENT**2, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps,
+        MIN_4Z=1.0 / MAX_SQRT_GRADIENT**2, BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, num_warps=warps,
     )  # fmt: skip
     d_a_param = (dsp.sum(0) * torch.sigmoid(a_param.float())).to(a_param.dtype)
     return dx, dgx, dga, d_a_param, dh0

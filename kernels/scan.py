@@ -23,9 +23,9 @@ import torch
 
 from kernels._triton import tl, triton
 
-# (BLOCK_T, BLOCK_D, num_warps): see results/h100/NOTES.md (kernels) for how they were chosen.
-FWD_CONFIG = (64, 32, 1)
-BWD_CONFIG = (64, 32, 1)
+# (BLOCK_T, BLOCK_D, num_warps, CONTIG_D): see results/h100/NOTES.md (kernels) for how they were chosen.
+FWD_CONFIG = (64, 32, 1, False)
+BWD_CONFIG = (64, 32, 1, False)
 
 
 def _check(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor | None) -> None:
@@ -69,6 +69,17 @@ def _combine(a1, x1, a2, x2):
 
 
 @triton.jit
+def _d_offsets(offs_d, stride_d, CONTIG_D: tl.constexpr):
+    """Channel offsets. With CONTIG_D the compiler knows the stride is 1 and may vectorise the
+    loads (several channels per thread); without it each thread keeps whole channels, so the
+    scan along time stays within a thread (stride_d is not specialised on its value 1)."""
+    if CONTIG_D:
+        return offs_d
+    else:
+        return offs_d * stride_d
+
+
+@triton.jit
 def _last_row(tile, BLOCK_T: tl.constexpr):
     rows = tl.arange(0, BLOCK_T)[:, None]
     return tl.sum(tl.where(rows == BLOCK_T - 1, tile, 0.0), axis=0)
@@ -89,12 +100,12 @@ def _scan_fwd_kernel(
     # strides (a, x and h share them; h0 / h_last are [b, d] contiguous)
     stride_b, stride_t, stride_d,
     # meta-parameters
-    HAS_H0: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_H0: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, CONTIG_D: tl.constexpr,
 ):  # fmt: skip
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
-    base = pid_b.to(tl.int64) * stride_b + offs_d[None, :] * stride_d
+    base = pid_b.to(tl.int64) * stride_b + _d_offsets(offs_d, stride_d, CONTIG_D)[None, :]
     if HAS_H0:
         h = tl.load(h0_ptr + pid_b * D + offs_d, mask=mask_d, other=0.0)
     else:
@@ -123,11 +134,12 @@ def _scan_bwd_kernel(
     stride_b, stride_t, stride_d,
     # meta-parameters
     HAS_H0: tl.constexpr, HAS_DHLAST: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    CONTIG_D: tl.constexpr,
 ):  # fmt: skip
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
-    base = pid_b.to(tl.int64) * stride_b + offs_d[None, :] * stride_d
+    base = pid_b.to(tl.int64) * stride_b + _d_offsets(offs_d, stride_d, CONTIG_D)[None, :]
     if HAS_DHLAST:
         delta = tl.load(dhlast_ptr + pid_b * D + offs_d, mask=mask_d, other=0.0)
     else:
@@ -171,21 +183,21 @@ def _strides(x: torch.Tensor) -> tuple[int, int, int]:
 
 def _forward(a, x, h0, config=FWD_CONFIG):
     b, t, d = x.shape
-    block_t, block_d, warps = config
+    block_t, block_d, warps, contig = config
     h = torch.empty_like(x)
     h_last = torch.empty(b, d, device=x.device, dtype=torch.float32)
     grid = (triton.cdiv(d, block_d), b)
     _scan_fwd_kernel[grid](
         a, x, h, h0 if h0 is not None else h_last, h_last,
         t, d, *_strides(x),
-        HAS_H0=h0 is not None, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps,
+        HAS_H0=h0 is not None, BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, num_warps=warps,
     )  # fmt: skip
     return h, h_last
 
 
 def _backward(a, h, h0, dh, dh_last, config=BWD_CONFIG):
     b, t, d = h.shape
-    block_t, block_d, warps = config
+    block_t, block_d, warps, contig = config
     da, dx = torch.empty_like(a), torch.empty_like(h)
     dh0 = torch.empty(b, d, device=h.device, dtype=torch.float32) if h0 is not None else None
     grid = (triton.cdiv(d, block_d), b)
@@ -194,7 +206,7 @@ def _backward(a, h, h0, dh, dh_last, config=BWD_CONFIG):
         da, dx, dh0 if dh0 is not None else da,
         t, d, *_strides(h),
         HAS_H0=h0 is not None, HAS_DHLAST=dh_last is not None,
-        BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps,
+        BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, num_warps=warps,
     )  # fmt: skip
     return da, dx, dh0
 
