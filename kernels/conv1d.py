@@ -81,9 +81,9 @@ def conv1d_ref(
     return y, new_state
 
 
-# (BLOCK_T, BLOCK_D, num_warps, CONTIG_D), as for kernels.scan
-FWD_CONFIG = (64, 64, 2, False)
-BWD_CONFIG = (64, 64, 2, False)
+# (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES), as for kernels.scan
+FWD_CONFIG = (64, 64, 2, False, 1)
+BWD_CONFIG = (64, 64, 2, False, 1)
 
 
 @triton.jit
@@ -106,13 +106,14 @@ def _conv_fwd_kernel(
     W: tl.constexpr, HAS_SEG: tl.constexpr, HAS_STATE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     CONTIG_D: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
     base = pid_b.to(tl.int64) * stride_b + _d_offsets(offs_d, stride_d, CONTIG_D)[None, :]
     bias = tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    for t0 in range(0, T, BLOCK_T):
+    for t0 in tl.range(0, T, BLOCK_T, num_stages=NUM_STAGES):
         offs_t = t0 + tl.arange(0, BLOCK_T)
         mask = (offs_t[:, None] < T) & mask_d[None, :]
         acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32) + bias[None, :]
@@ -151,13 +152,14 @@ def _conv_bwd_kernel(
     W: tl.constexpr, HAS_SEG: tl.constexpr, HAS_STATE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     CONTIG_D: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
     base = pid_b.to(tl.int64) * stride_b + _d_offsets(offs_d, stride_d, CONTIG_D)[None, :]
     db = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for t0 in range(0, T, BLOCK_T):
+    for t0 in tl.range(0, T, BLOCK_T, num_stages=NUM_STAGES):
         offs_t = t0 + tl.arange(0, BLOCK_T)
         mask = (offs_t[:, None] < T) & mask_d[None, :]
         ptrs = base + offs_t[:, None].to(tl.int64) * stride_t
@@ -221,14 +223,14 @@ class _Conv1D(torch.autograd.Function):
     def forward(ctx, x, w, b, segment_pos, state):
         bsz, t, d = x.shape
         width = w.shape[0]
-        block_t, block_d, warps, contig = FWD_CONFIG
+        block_t, block_d, warps, contig, stages = FWD_CONFIG
         y = torch.empty_like(x)
         seg, seg_b, seg_t = _seg(segment_pos, x)
         _conv_fwd_kernel[(triton.cdiv(d, block_d), bsz)](
             x, w, b, seg, state if state is not None else x, y,
             t, d, x.stride(0), x.stride(1), x.stride(2), seg_b, seg_t,
             W=width, HAS_SEG=segment_pos is not None, HAS_STATE=state is not None,
-            BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, num_warps=warps,
+            BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, NUM_STAGES=stages, num_warps=warps,
         )  # fmt: skip
         ctx.save_for_backward(x, w, segment_pos, state)
         return y
@@ -238,7 +240,7 @@ class _Conv1D(torch.autograd.Function):
         x, w, segment_pos, state = ctx.saved_tensors
         bsz, t, d = x.shape
         width = w.shape[0]
-        block_t, block_d, warps, contig = BWD_CONFIG
+        block_t, block_d, warps, contig, stages = BWD_CONFIG
         dy = dy.contiguous()
         dx = torch.empty_like(x)
         dw = torch.zeros(bsz, width, d, device=x.device, dtype=torch.float32)
@@ -248,7 +250,7 @@ class _Conv1D(torch.autograd.Function):
             x, w, seg, state if state is not None else x, dy, dx, dw, db,
             t, d, x.stride(0), x.stride(1), x.stride(2), seg_b, seg_t,
             W=width, HAS_SEG=segment_pos is not None, HAS_STATE=state is not None,
-            BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, num_warps=warps,
+            BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, NUM_STAGES=stages, num_warps=warps,
         )  # fmt: skip
         return dx, dw.sum(0).to(w.dtype), db.sum(0).to(w.dtype), None, None
 

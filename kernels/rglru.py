@@ -92,9 +92,9 @@ def rg_lru_ref(
     return y.to(x.dtype), h_last
 
 
-# (BLOCK_T, BLOCK_D, num_warps, CONTIG_D), as for kernels.scan.
-FWD_CONFIG = (64, 32, 1, False)
-BWD_CONFIG = (32, 32, 1, False)
+# (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES), as for kernels.scan.
+FWD_CONFIG = (64, 32, 2, True, 1)
+BWD_CONFIG = (32, 32, 1, True, 1)
 
 
 @triton.jit
@@ -133,6 +133,7 @@ def _rglru_fwd_kernel(
     # meta-parameters
     HAS_SEG: tl.constexpr, HAS_H0: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     CONTIG_D: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -143,7 +144,7 @@ def _rglru_fwd_kernel(
         h = tl.load(h0_ptr + pid_b * D + offs_d, mask=mask_d, other=0.0)
     else:
         h = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for t0 in range(0, T, BLOCK_T):
+    for t0 in tl.range(0, T, BLOCK_T, num_stages=NUM_STAGES):
         offs_t = t0 + tl.arange(0, BLOCK_T)
         in_t = offs_t < T
         mask = in_t[:, None] & mask_d[None, :]
@@ -179,6 +180,7 @@ def _rglru_bwd_kernel(
     HAS_SEG: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHLAST: tl.constexpr,
     MIN_4Z: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     CONTIG_D: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -194,9 +196,8 @@ def _rglru_bwd_kernel(
     else:
         h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
     dsp = tl.zeros([BLOCK_D], dtype=tl.float32)
-    a_first = tl.zeros([BLOCK_D], dtype=tl.float32)
     n_tiles = tl.cdiv(T, BLOCK_T)
-    for k in range(n_tiles):
+    for k in tl.range(0, n_tiles, num_stages=NUM_STAGES):
         t0 = (n_tiles - 1 - k) * BLOCK_T
         offs_t = t0 + tl.arange(0, BLOCK_T)
         in_t = offs_t < T
@@ -241,10 +242,13 @@ def _rglru_bwd_kernel(
         tl.store(dga_ptr + ptrs, d_ga.to(dga_ptr.dtype.element_ty), mask=mask)
         dsp += tl.sum(d_log_a * (-8.0 * r), axis=0)
         delta = _first_row(deltas, BLOCK_T)
-        if t0 == 0:
-            a_first = _first_row(a, BLOCK_T)
     tl.store(dsp_ptr + pid_b * D + offs_d, dsp, mask=mask_d)
-    if HAS_H0:
+    if HAS_H0:  # dh0 = a_0 δ_0, a_0 recomputed from the first gate
+        first = pid_b.to(tl.int64) * stride_b + _d_offsets(offs_d, stride_d, CONTIG_D)
+        ga0 = tl.load(ga_ptr + first, mask=mask_d, other=0.0).to(tl.float32)
+        a_first = tl.exp(-8.0 * tl.sigmoid(ga0) * sp)
+        if HAS_SEG:
+            a_first = tl.where(tl.load(seg_ptr + pid_b * seg_b) == 0, 0.0, a_first)
         tl.store(dh0_ptr + pid_b * D + offs_d, a_first * delta, mask=mask_d)
 
 
@@ -256,7 +260,7 @@ def _seg_args(segment_pos, x):
 
 def _rglru_forward(x, gx, ga, a_param, segment_pos, h0, config=FWD_CONFIG):
     b, t, d = x.shape
-    block_t, block_d, warps, contig = config
+    block_t, block_d, warps, contig, stages = config
     y = torch.empty_like(x)
     h_last = torch.empty(b, d, device=x.device, dtype=torch.float32)
     seg, seg_b, seg_t = _seg_args(segment_pos, x)
@@ -264,14 +268,14 @@ def _rglru_forward(x, gx, ga, a_param, segment_pos, h0, config=FWD_CONFIG):
         x, gx, ga, a_param, seg, h0 if h0 is not None else h_last, y, h_last,
         t, d, x.stride(0), x.stride(1), x.stride(2), seg_b, seg_t,
         HAS_SEG=segment_pos is not None, HAS_H0=h0 is not None,
-        BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, num_warps=warps,
+        BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, NUM_STAGES=stages, num_warps=warps,
     )  # fmt: skip
     return y, h_last
 
 
 def _rglru_backward(x, gx, ga, a_param, segment_pos, h0, y, dy, dh_last, config=BWD_CONFIG):
     b, t, d = x.shape
-    block_t, block_d, warps, contig = config
+    block_t, block_d, warps, contig, stages = config
     dx, dgx, dga = torch.empty_like(x), torch.empty_like(gx), torch.empty_like(ga)
     dsp = torch.empty(b, d, device=x.device, dtype=torch.float32)
     dh0 = torch.empty(b, d, device=x.device, dtype=torch.float32) if h0 is not None else None
@@ -281,7 +285,7 @@ def _rglru_backward(x, gx, ga, a_param, segment_pos, h0, y, dy, dh_last, config=
         dh_last if dh_last is not None else dsp, dx, dgx, dga, dsp, dh0 if dh0 is not None else dsp,
         t, d, x.stride(0), x.stride(1), x.stride(2), seg_b, seg_t,
         HAS_SEG=segment_pos is not None, HAS_H0=h0 is not None, HAS_DHLAST=dh_last is not None,
-        MIN_4Z=1.0 / MAX_SQRT_GRADIENT**2, BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, num_warps=warps,
+        MIN_4Z=1.0 / MAX_SQRT_GRADIENT**2, BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, NUM_STAGES=stages, num_warps=warps,
     )  # fmt: skip
     d_a_param = (dsp.sum(0) * torch.sigmoid(a_param.float())).to(a_param.dtype)
     return dx, dgx, dga, d_a_param, dh0

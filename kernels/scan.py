@@ -23,9 +23,9 @@ import torch
 
 from kernels._triton import tl, triton
 
-# (BLOCK_T, BLOCK_D, num_warps, CONTIG_D): see results/h100/NOTES.md (kernels) for how they were chosen.
-FWD_CONFIG = (64, 32, 1, False)
-BWD_CONFIG = (64, 32, 1, False)
+# (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES): see results/h100/NOTES.md (kernels) for how they were chosen.
+FWD_CONFIG = (128, 32, 1, True, 1)
+BWD_CONFIG = (64, 32, 2, True, 1)
 
 
 def _check(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor | None) -> None:
@@ -101,6 +101,7 @@ def _scan_fwd_kernel(
     stride_b, stride_t, stride_d,
     # meta-parameters
     HAS_H0: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, CONTIG_D: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -110,7 +111,7 @@ def _scan_fwd_kernel(
         h = tl.load(h0_ptr + pid_b * D + offs_d, mask=mask_d, other=0.0)
     else:
         h = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for t0 in range(0, T, BLOCK_T):
+    for t0 in tl.range(0, T, BLOCK_T, num_stages=NUM_STAGES):
         offs_t = t0 + tl.arange(0, BLOCK_T)
         mask = (offs_t[:, None] < T) & mask_d[None, :]
         ptrs = base + offs_t[:, None].to(tl.int64) * stride_t
@@ -135,6 +136,7 @@ def _scan_bwd_kernel(
     # meta-parameters
     HAS_H0: tl.constexpr, HAS_DHLAST: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     CONTIG_D: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -148,9 +150,8 @@ def _scan_bwd_kernel(
         h0 = tl.load(h0_ptr + pid_b * D + offs_d, mask=mask_d, other=0.0)
     else:
         h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
-    a_first = tl.zeros([BLOCK_D], dtype=tl.float32)
     n_tiles = tl.cdiv(T, BLOCK_T)
-    for i in range(n_tiles):
+    for i in tl.range(0, n_tiles, num_stages=NUM_STAGES):
         t0 = (n_tiles - 1 - i) * BLOCK_T
         offs_t = t0 + tl.arange(0, BLOCK_T)
         valid = offs_t[:, None] < T
@@ -169,11 +170,9 @@ def _scan_bwd_kernel(
         tl.store(dx_ptr + ptrs, deltas.to(dx_ptr.dtype.element_ty), mask=mask)
         tl.store(da_ptr + ptrs, (deltas * h_prev).to(da_ptr.dtype.element_ty), mask=mask)
         delta = _first_row(deltas, BLOCK_T)
-        if t0 == 0:
-            a_first = _first_row(
-                tl.load(a_ptr + ptrs, mask=mask, other=0.0).to(tl.float32), BLOCK_T
-            )
-    if HAS_H0:
+    if HAS_H0:  # dh0 = a_0 δ_0
+        a_first = tl.load(a_ptr + pid_b.to(tl.int64) * stride_b + _d_offsets(offs_d, stride_d, CONTIG_D),
+                          mask=mask_d, other=0.0).to(tl.float32)  # fmt: skip
         tl.store(dh0_ptr + pid_b * D + offs_d, a_first * delta, mask=mask_d)
 
 
@@ -183,21 +182,21 @@ def _strides(x: torch.Tensor) -> tuple[int, int, int]:
 
 def _forward(a, x, h0, config=FWD_CONFIG):
     b, t, d = x.shape
-    block_t, block_d, warps, contig = config
+    block_t, block_d, warps, contig, stages = config
     h = torch.empty_like(x)
     h_last = torch.empty(b, d, device=x.device, dtype=torch.float32)
     grid = (triton.cdiv(d, block_d), b)
     _scan_fwd_kernel[grid](
         a, x, h, h0 if h0 is not None else h_last, h_last,
         t, d, *_strides(x),
-        HAS_H0=h0 is not None, BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, num_warps=warps,
+        HAS_H0=h0 is not None, BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, NUM_STAGES=stages, num_warps=warps,
     )  # fmt: skip
     return h, h_last
 
 
 def _backward(a, h, h0, dh, dh_last, config=BWD_CONFIG):
     b, t, d = h.shape
-    block_t, block_d, warps, contig = config
+    block_t, block_d, warps, contig, stages = config
     da, dx = torch.empty_like(a), torch.empty_like(h)
     dh0 = torch.empty(b, d, device=h.device, dtype=torch.float32) if h0 is not None else None
     grid = (triton.cdiv(d, block_d), b)
@@ -206,7 +205,7 @@ def _backward(a, h, h0, dh, dh_last, config=BWD_CONFIG):
         da, dx, dh0 if dh0 is not None else da,
         t, d, *_strides(h),
         HAS_H0=h0 is not None, HAS_DHLAST=dh_last is not None,
-        BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, num_warps=warps,
+        BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, NUM_STAGES=stages, num_warps=warps,
     )  # fmt: skip
     return da, dx, dh0
 

@@ -67,7 +67,7 @@ def sweep(name, make_call, check, configs, n_bytes, results, ceiling):
     return rows[0]["config"]
 
 
-def measure_length(T, results, ceiling, grid, small):
+def measure_length(T, results, ceiling, grids):
     n = B * T * D
     a = (0.5 + 0.5 * torch.rand(B, T, D, device="cuda")).bfloat16()
     x = torch.randn(B, T, D, device="cuda").bfloat16()
@@ -77,7 +77,7 @@ def measure_length(T, results, ceiling, grid, small):
         f"scan fwd T={T}",
         lambda cfg: lambda: scan_mod._forward(a, x, None, cfg),
         lambda out: rel(out[0][..., sub], h_ref),
-        grid if T == 4096 else small,
+        grids["scan fwd"],
         3 * n * 2,
         results,
         ceiling,
@@ -88,7 +88,7 @@ def measure_length(T, results, ceiling, grid, small):
         f"scan bwd T={T}",
         lambda cfg: lambda: scan_mod._backward(a, h, None, dh, None, cfg),
         lambda out: 0.0 if torch.isfinite(out[0]).all() else float("nan"),
-        small,
+        grids["scan bwd"],
         5 * n * 2,
         results,
         ceiling,
@@ -135,7 +135,7 @@ def measure_length(T, results, ceiling, grid, small):
         f"rglru fwd T={T}",
         lambda cfg: lambda: rglru_mod._rglru_forward(*xs, a_param, pos, None, cfg),
         lambda out: rel(out[0][..., sub], y_ref),
-        small,
+        grids["rglru fwd"],
         4 * n * 2,
         results,
         ceiling,
@@ -146,7 +146,7 @@ def measure_length(T, results, ceiling, grid, small):
         f"rglru bwd T={T}",
         lambda cfg: lambda: rglru_mod._rglru_backward(*xs, a_param, pos, None, y, dy, None, cfg),
         lambda out: 0.0 if torch.isfinite(out[0]).all() else float("nan"),
-        small,
+        grids["rglru bwd"],
         8 * n * 2,
         results,
         ceiling,
@@ -163,7 +163,7 @@ def measure_length(T, results, ceiling, grid, small):
         conv_mod.FWD_CONFIG = cfg
         return lambda: conv_mod._Conv1D.apply(xs[0], w, bias, pos, None)
 
-    sweep(f"conv fwd T={T}", conv_call, lambda out: rel(out[..., sub], c_ref), small, 2 * n * 2,
+    sweep(f"conv fwd T={T}", conv_call, lambda out: rel(out[..., sub], c_ref), grids["conv fwd"], 2 * n * 2,
           results, ceiling)  # fmt: skip
 
 
@@ -177,17 +177,26 @@ def main() -> None:
     ceiling = copy_gbps()
     results["copy_gbps"] = ceiling
     print(f"copy {ceiling:.0f} GB/s", flush=True)
-    bt = [32, 64, 128]
-    bd = [32, 64, 128]
-    warps = [1, 2, 4]
-    contig = [False, True]
+    # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES); a first sweep (bench/probes history in
+    # results/h100/NOTES.md) found CONTIG_D=True and longer time tiles faster everywhere
+    grids = {
+        "scan fwd": list(itertools.product([128, 256], [32, 64], [1, 2, 4], [True], [1, 3])),
+        "scan bwd": list(itertools.product([64, 128], [32], [1, 2, 4], [True], [1, 3])),
+        "rglru fwd": list(itertools.product([64, 128], [32], [1, 2, 4], [True], [1, 3])),
+        "rglru bwd": list(itertools.product([32, 64], [32], [1, 2], [True], [1, 3])),
+        "conv fwd": list(itertools.product([64, 128], [64, 128], [2, 4], [True], [1])),
+    }
     if args.quick:
-        bt, bd, warps = [64], [32, 64], [1, 2]
-    grid = list(itertools.product(bt, bd, warps, contig))
-    small = [c for c in grid if c[0] <= 64 and c[1] <= 64 and c[2] <= 2]
+        grids = {k: v[:2] for k, v in grids.items()}
 
     for T in (4096, 16384):
-        measure_length(T, results, ceiling, grid, small)
+        # the full sweep at T=4096; at 16384 the three best of each
+        g = (
+            grids
+            if T == 4096
+            else {k: [r["config"] for r in results[f"{k} T=4096"][:3]] for k in grids}
+        )
+        measure_length(T, results, ceiling, g)
         torch.cuda.empty_cache()
     if args.out:
         with open(args.out, "w") as f:
