@@ -29,6 +29,10 @@ except ImportError:  # pragma: no cover - exercised only where Triton is absent
         def cdiv(a, b):
             return -(-a // b)
 
+        @staticmethod
+        def next_power_of_2(n):
+            return 1 << (n - 1).bit_length()
+
     class _Language:
         def __getattr__(self, name):
             raise ImportError(_MESSAGE)

@@ -82,8 +82,8 @@ def conv1d_ref(
 
 
 # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES), as for kernels.scan
-FWD_CONFIG = (64, 64, 2, False, 1)
-BWD_CONFIG = (64, 64, 2, False, 1)
+FWD_CONFIG = (64, 64, 2, True, 1)
+BWD_CONFIG = (64, 64, 2, True, 1)
 
 
 @triton.jit
@@ -149,7 +149,7 @@ def _conv_bwd_kernel(
     # strides: x, dy, dx share them; segment_pos [b, t]; state [b, W-1, d]; dw [b, W, d]; db [b, d]
     stride_b, stride_t, stride_d, seg_b, seg_t,
     # meta-parameters
-    W: tl.constexpr, HAS_SEG: tl.constexpr, HAS_STATE: tl.constexpr,
+    W: tl.constexpr, W_POW2: tl.constexpr, HAS_SEG: tl.constexpr, HAS_STATE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     CONTIG_D: tl.constexpr,
     NUM_STAGES: tl.constexpr,
@@ -159,6 +159,10 @@ def _conv_bwd_kernel(
     mask_d = offs_d < D
     base = pid_b.to(tl.int64) * stride_b + _d_offsets(offs_d, stride_d, CONTIG_D)[None, :]
     db = tl.zeros([BLOCK_D], dtype=tl.float32)
+    # dw partials of this batch row stay in registers (row k: tap k); written once at the end,
+    # so the kernel only writes its outputs (safe to rerun, e.g. by an autotuner)
+    taps = tl.arange(0, W_POW2)[:, None]
+    dw = tl.zeros([W_POW2, BLOCK_D], dtype=tl.float32)
     for t0 in tl.range(0, T, BLOCK_T, num_stages=NUM_STAGES):
         offs_t = t0 + tl.arange(0, BLOCK_T)
         mask = (offs_t[:, None] < T) & mask_d[None, :]
@@ -194,8 +198,10 @@ def _conv_bwd_kernel(
                     other=0.0,
                 ).to(tl.float32)
             part = tl.sum(tl.where(keep, tap, 0.0) * dy_t, axis=0)
-            dw_ptrs = dw_ptr + pid_b * W * D + (W - 1 - s) * D + offs_d
-            tl.store(dw_ptrs, tl.load(dw_ptrs, mask=mask_d, other=0.0) + part, mask=mask_d)
+            dw += tl.where(taps == W - 1 - s, part[None, :], 0.0)
+    tl.store(
+        dw_ptr + pid_b * W * D + taps * D + offs_d[None, :], dw, mask=(taps < W) & mask_d[None, :]
+    )
     tl.store(db_ptr + pid_b * D + offs_d, db, mask=mask_d)
 
 
@@ -243,13 +249,13 @@ class _Conv1D(torch.autograd.Function):
         block_t, block_d, warps, contig, stages = BWD_CONFIG
         dy = dy.contiguous()
         dx = torch.empty_like(x)
-        dw = torch.zeros(bsz, width, d, device=x.device, dtype=torch.float32)
+        dw = torch.empty(bsz, width, d, device=x.device, dtype=torch.float32)
         db = torch.empty(bsz, d, device=x.device, dtype=torch.float32)
         seg, seg_b, seg_t = _seg(segment_pos, x)
         _conv_bwd_kernel[(triton.cdiv(d, block_d), bsz)](
             x, w, seg, state if state is not None else x, dy, dx, dw, db,
             t, d, x.stride(0), x.stride(1), x.stride(2), seg_b, seg_t,
-            W=width, HAS_SEG=segment_pos is not None, HAS_STATE=state is not None,
+            W=width, W_POW2=triton.next_power_of_2(width), HAS_SEG=segment_pos is not None, HAS_STATE=state is not None,
             BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, NUM_STAGES=stages, num_warps=warps,
         )  # fmt: skip
         return dx, dw.sum(0).to(w.dtype), db.sum(0).to(w.dtype), None, None

@@ -93,8 +93,8 @@ def rg_lru_ref(
 
 
 # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES), as for kernels.scan.
-FWD_CONFIG = (64, 32, 2, True, 1)
-BWD_CONFIG = (32, 32, 1, True, 1)
+FWD_CONFIG = (64, 32, 4, True, 3)
+BWD_CONFIG = (32, 32, 2, True, 3)
 
 
 @triton.jit

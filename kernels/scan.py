@@ -24,8 +24,8 @@ import torch
 from kernels._triton import tl, triton
 
 # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES): see results/h100/NOTES.md (kernels) for how they were chosen.
-FWD_CONFIG = (128, 32, 1, True, 1)
-BWD_CONFIG = (64, 32, 2, True, 1)
+FWD_CONFIG = (128, 32, 1, True, 3)
+BWD_CONFIG = (64, 32, 2, True, 3)
 
 
 def _check(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor | None) -> None:
