@@ -35,7 +35,8 @@ def _list(what: str) -> None:
     if what in ("all", "workloads"):
         print("workloads:")
         for name, wl in WORKLOADS.items():
-            params = [*wl.required, *(f"{k}={v}" for k, v in wl.defaults.items())]
+            defaults = {**wl.defaults, **getattr(wl, "flags", {})}
+            params = [*wl.required, *(f"{k}={v}" for k, v in defaults.items())]
             print(f"  {name:<11} {', '.join(params)}: {(wl.__doc__ or '').strip()}")
     if what in ("all", "suites"):
         import tomllib

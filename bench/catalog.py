@@ -4,11 +4,12 @@ CLI choices, tests and report sections derive from it. Implementations are refer
 path and imported lazily, so this file imports without JAX, Triton or the peers; a missing
 dependency is an explicit `unavailable` status, never a silent fallback.
 
-Each implementation module (bench/impls/*.py) provides
+Each model implementation's adapter (bench/impls/*.py) provides
     supports(cfg) -> str | None           why it cannot run this model (None: it can)
     build(source, dtype, backend) -> Handle   (see bench/impls/base.py)
 where `source` is our torch reference Model holding the case's weights: every implementation is
-built from the same weights, so all compute the same function.
+built from the same weights, so all compute the same function. Kernel implementations (those with
+`ops`) run one recurrent-block op on tensors instead (bench/impls/kernels.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ class Implementation:
     requires: tuple[str, ...]  # importable top-level modules
     role: str  # "reference" (the correctness oracle), "ours" or "peer"
     description: str
+    ops: tuple[str, ...] = ()  # kernel implementations: the ops they run; () for models
+
+    @property
+    def kind(self) -> str:
+        return "kernel" if self.ops else "model"
 
 
 IMPLEMENTATIONS: tuple[Implementation, ...] = (
@@ -75,6 +81,36 @@ IMPLEMENTATIONS: tuple[Implementation, ...] = (
     ),
 )
 
+KERNEL_OPS = ("scan", "rglru", "conv1d")
+_ALL = KERNEL_OPS
+_K = "bench.impls.kernels:"
+IMPLEMENTATIONS += (
+    Implementation("ours-triton", "torch", _K + "OursTriton", ("torch", "triton"), "ours",
+                   "our Triton kernels (kernels.scan / rglru / conv1d), forward and backward", _ALL),
+    Implementation("ours-torch-loop", "torch", _K + "OursReference", ("torch",), "ours",
+                   "the kernels' _ref twins: plain torch, the scan a loop over time", _ALL),
+    Implementation("torch-unfused-rglru", "torch", _K + "TorchUnfused", ("torch", "triton"), "peer",
+                   "the RG-LRU as separate torch ops (float32 gates) around our Triton scan", ("rglru",)),
+    Implementation("recurrentgemma-torch-loop", "torch", _K + "RecurrentGemmaTorch",
+                   ("recurrentgemma", "einops", "jaxtyping", "typeguard"), "peer",
+                   "the official torch rnn_scan (a loop over time) and Conv1D layer", ("scan", "conv1d")),
+    Implementation("recurrentgemma-jax-linear", "jax", _K + "RecurrentGemmaJaxLinear",
+                   ("recurrentgemma", "jax", "einops", "jaxtyping", "typeguard"), "peer",
+                   "the official JAX scan, lax.scan over time (LINEAR_NATIVE), jitted", ("scan",)),
+    Implementation("recurrentgemma-jax-associative", "jax", _K + "RecurrentGemmaJaxAssociative",
+                   ("recurrentgemma", "jax", "einops", "jaxtyping", "typeguard"), "peer",
+                   "the official JAX associative scan (ASSOCIATIVE_NATIVE), jitted", ("scan",)),
+    Implementation("fla-fused-recurrent", "torch", _K + "FlaFusedRecurrent", ("fla", "triton"), "peer",
+                   "fla fused_recurrent_hgrn with g = log a", ("scan",)),
+    Implementation("fla-chunk", "torch", _K + "FlaChunk", ("fla", "triton"), "peer",
+                   "fla chunk_hgrn with g = log a", ("scan",)),
+    Implementation("accelerated-scan-scalar", "torch", _K + "AcceleratedScanScalar",
+                   ("accelerated_scan", "triton"), "peer",
+                   "accelerated-scan's Triton scan, [b, d, t] transposes included", ("scan",)),
+    Implementation("accelerated-scan-warp", "torch", _K + "AcceleratedScanWarp", ("accelerated_scan",),
+                   "peer", "accelerated-scan's CUDA warp scan, [b, d, t] transposes included", ("scan",)),
+)  # fmt: skip
+
 REFERENCE = "ours-torch-reference"
 MODELS = PRESETS
 SUITES_DIR = Path(__file__).parent / "suites"
@@ -112,4 +148,15 @@ def missing_requirements(impl: Implementation) -> str | None:
 
 
 def adapter(impl: Implementation):
-    return importlib.import_module(impl.module)
+    """The implementation's adapter: a module, or "module:name" for a namespace inside one."""
+    module, _, name = impl.module.partition(":")
+    mod = importlib.import_module(module)
+    return getattr(mod, name) if name else mod
+
+
+def model_implementations() -> tuple[Implementation, ...]:
+    return tuple(i for i in IMPLEMENTATIONS if i.kind == "model")
+
+
+def kernel_implementations(op: str) -> tuple[Implementation, ...]:
+    return tuple(i for i in IMPLEMENTATIONS if op in i.ops)

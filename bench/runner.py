@@ -132,7 +132,8 @@ def run(
             )
             for impl in catalog.IMPLEMENTATIONS:
                 mine = sorted(
-                    (p for p in points if p.impl == impl.name), key=lambda p: _ORDER[p.workload]
+                    (p for p in points if p.impl == impl.name),
+                    key=lambda p: _ORDER.get(p.workload, 0),
                 )
                 if mine:
                     job = {

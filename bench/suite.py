@@ -5,7 +5,7 @@ workload, models, implementations and parameter sweeps; lists are swept (cartesi
     dtype = "bfloat16"                  # default for every case
     [timing]                            # optional: TimingConfig fields
     budget_s = 1.0
-    [[case]]
+    [[case]]                            # kernel workloads take no models
     workload = "decode"
     models = ["griffin-1b", "mqa-1b"]
     impls = ["ours-torch-reference", "recurrentgemma-torch"]   # default: every implementation
@@ -30,6 +30,7 @@ from bench.workloads import workload
 from models.config import PRESETS
 
 DTYPES = ("float32", "bfloat16", "float16")
+KERNEL_MODEL = "-"  # the model field of kernel points
 CASE_KEYS = ("workload", "models", "impls", "dtype", "cpu")
 
 
@@ -58,7 +59,8 @@ class Point:
 
     def label(self) -> str:
         args = " ".join(f"{k}={v}" for k, v in self.params if v is not None)
-        return f"{self.workload} {self.model} {self.impl} {self.dtype} {args}"
+        model = "" if self.model == KERNEL_MODEL else f" {self.model}"
+        return f"{self.workload}{model} {self.impl} {self.dtype} {args}"
 
 
 @dataclass
@@ -119,18 +121,30 @@ def parse(data: dict, path: Path, device: str, impls=None, models=None) -> Suite
             wl = workload(case["workload"])
         except ValueError as exc:
             raise SuiteError(f"{ctx}: {exc}") from None
-        case_models = _names(case.get("models"), ctx, "models")
-        for m in case_models:
-            if m not in PRESETS:
-                raise SuiteError(f"{ctx}: unknown model {m!r}; valid models: {', '.join(PRESETS)}")
-        case_impls = _names(
-            case.get("impls", [i.name for i in catalog.IMPLEMENTATIONS]), ctx, "impls"
-        )
+        if wl.kind == "kernel":  # an op on tensors: no model
+            if "models" in case:
+                raise SuiteError(f"{ctx}: kernel workload {wl.name!r} takes no 'models'")
+            case_models = [KERNEL_MODEL]
+            fitting = [i.name for i in catalog.kernel_implementations(wl.op)]
+        else:
+            case_models = _names(case.get("models"), ctx, "models")
+            for m in case_models:
+                if m not in PRESETS:
+                    raise SuiteError(
+                        f"{ctx}: unknown model {m!r}; valid models: {', '.join(PRESETS)}"
+                    )
+            fitting = [i.name for i in catalog.model_implementations()]
+        case_impls = _names(case.get("impls", fitting), ctx, "impls")
         for name in case_impls:
             try:
                 catalog.implementation(name)
             except ValueError as exc:
                 raise SuiteError(f"{ctx}: {exc}") from None
+            if name not in fitting:
+                raise SuiteError(
+                    f"{ctx}: implementation {name!r} does not run workload {wl.name!r}; "
+                    f"implementations that do: {', '.join(fitting)}"
+                )
         dtype = case.get("dtype", default_dtype)
         if dtype not in DTYPES:
             raise SuiteError(f"{ctx}: unknown dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")

@@ -10,6 +10,7 @@ Protocol on stdout: lines starting with MARK, tab-separated:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -22,10 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.suite import KERNEL_MODEL
+
 MARK = "@@griffin-bench@@"
 # float32: the model tests' rule; bfloat16/float16: a few units of the format's rounding error
 # through a deep stack of random layers, measured against the float32 reference.
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
+# kernels against their float64 _ref: float32 arithmetic stays far below 1e-4; bf16 inputs and
+# outputs carry their rounding (2^-9) into outputs and gradients (the kernel tests' rule)
+KERNEL_TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 5e-3}
 STICKY_ERRORS = (
     "illegal memory access",
     "CUDA error",
@@ -129,6 +135,8 @@ def run_reference(job: dict, emit) -> None:
 
     points = [_point(d) for d in job["points"]]
     model, dtype, device = points[0].model, points[0].dtype, job["device"]
+    if model == KERNEL_MODEL:
+        return _kernel_references(job, points)
     cfg = preset(model)
     backend = TorchBackend(device)
     attempts = ["float32", dtype] if dtype != "float32" else ["float32"]
@@ -159,6 +167,24 @@ def run_reference(job: dict, emit) -> None:
         path = _gate_path(job["gate_dir"], p.gate_key)
         if not path.with_suffix(".npy").exists():
             path.with_suffix(".err").write_text(msg)
+
+
+def _kernel_references(job: dict, points) -> None:
+    """float64 `_ref` outputs and gradients on a channel subset, for every kernel gate key."""
+    from bench.workloads import input_seed, workload
+
+    for p in points:
+        path = _gate_path(job["gate_dir"], p.gate_key)
+        try:
+            ref = workload(p.workload).reference(
+                p.param_dict, p.dtype, input_seed(p.gate_key), job["device"]
+            )
+            np.savez(path.with_suffix(".npz"), **ref)
+            path.with_suffix(".json").write_text(
+                json.dumps({"reference": "kernels _ref twin", "reference_dtype": "float64"})
+            )
+        except Exception as exc:
+            path.with_suffix(".err").write_text(f"{type(exc).__name__}: {exc}"[:1000])
 
 
 def base_record(job: dict, p, impl: dict, env_info: dict | None) -> dict:
@@ -193,7 +219,6 @@ def base_record(job: dict, p, impl: dict, env_info: dict | None) -> dict:
 
 def run_measure(job: dict, emit) -> int:
     """The points of one (model, dtype, implementation) group. Returns the process exit code."""
-    import importlib
 
     from bench import catalog, env
     from bench.backends import backend_for, host_peak_rss_bytes
@@ -207,7 +232,7 @@ def run_measure(job: dict, emit) -> int:
     device = job["device"]
     writer = RecordWriter(job["out"])
     env_info = env.collect(device)
-    cfg = preset(points[0].model)
+    cfg = None if points[0].model == KERNEL_MODEL else preset(points[0].model)
     dtype = points[0].dtype
     tcfg = TimingConfig(**job["timing"])
     backend = backend_for(impl["backend"], device)
@@ -221,11 +246,13 @@ def run_measure(job: dict, emit) -> int:
         emit("done", rec["key"], rec["status"], "-" if median is None else f"{median:.6g}")
 
     spec = catalog.Implementation(
-        **{k: tuple(v) if k == "requires" else v for k, v in impl.items()}
+        **{k: tuple(v) if k in ("requires", "ops") else v for k, v in impl.items()}
     )
+    if spec.kind == "kernel":
+        return _measure_kernels(job, spec, points, backend, finish, env_info, tcfg)
     reason = catalog.missing_requirements(spec)
     if reason is None:
-        mod = importlib.import_module(spec.module)
+        mod = catalog.adapter(spec)
         reason = mod.supports(cfg)
         if reason is None and hasattr(backend, "unavailable"):
             reason = backend.unavailable()
@@ -291,6 +318,82 @@ def run_measure(job: dict, emit) -> int:
                 metrics={**derive(m, job.get("ceilings")), **m.extra.pop("metrics", {})},
                 memory=memory,
                 extra={**rec["extra"], **m.extra},
+            )
+        except Exception as exc:
+            oom = backend.is_oom(exc) or isinstance(exc, MemoryError)
+            rec["status"] = "oom" if oom else "error"
+            rec["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+            if not oom:
+                rec["traceback"] = traceback.format_exc()[-4000:]
+            del exc
+            backend.free()
+        finish(rec, t0)
+        if rec["status"] == "error" and any(s in rec["error"] for s in STICKY_ERRORS):
+            return EXIT_RESTART
+    return 0
+
+
+def _measure_kernels(job, spec, points, backend, finish, env_info, tcfg) -> int:
+    """The points of one kernel implementation: gate against the float64 reference, then time."""
+    from bench import catalog
+    from bench.backends import host_peak_rss_bytes
+    from bench.kernel_workloads import rel_errors
+    from bench.workloads import derive, input_seed, workload
+
+    tol = KERNEL_TOLERANCE
+    missing = catalog.missing_requirements(spec)
+    mod = None if missing else catalog.adapter(spec)
+    handles: dict[str, object] = {}
+    for p in points:
+        t0 = time.perf_counter()
+        rec = base_record(job, p, dataclasses.asdict(spec), env_info)
+        wl, params, seed = workload(p.workload), p.param_dict, input_seed(p.gate_key)
+        reason = missing or mod.supports(wl.op, backend.device)
+        if reason:
+            rec.update(status="unavailable", error=reason)
+            finish(rec, t0)
+            continue
+        try:
+            if wl.op not in handles:
+                handles[wl.op] = mod.build(wl.op, p.dtype, backend)
+            handle = handles[wl.op]
+            env_info["device_label"] = handle.backend.device_label()
+            path = _gate_path(job["gate_dir"], p.gate_key)
+            if not path.with_suffix(".npz").exists():
+                err = path.with_suffix(".err")
+                why = err.read_text() if err.exists() else "not computed"
+                raise RuntimeError(f"no reference output for the correctness gate ({why})")
+            ref = dict(np.load(path.with_suffix(".npz")))
+            errs = rel_errors(wl.gate_outputs(handle, params, p.dtype, seed), ref)
+            worst = max(errs.values())
+            rec["correctness"] = {
+                **json.loads(path.with_suffix(".json").read_text()),
+                "rel_err": worst,
+                "rel_err_by_output": errs,
+                "tol": tol[p.dtype],
+                "passed": worst <= tol[p.dtype],
+            }
+            if not worst <= tol[p.dtype]:
+                rec.update(
+                    status="mismatch",
+                    error=f"differs from the reference: {errs} > tol {tol[p.dtype]}",
+                )
+                finish(rec, t0)
+                continue
+            backend.free()
+            backend.reset_peak()
+            m = wl.measure(handle, params, p.dtype, seed, tcfg)
+            rec.update(
+                status="ok",
+                timing=m.timing.summary(),
+                timer=handle.backend.timer().kind,
+                work=m.work,
+                metrics=derive(m, job.get("ceilings")),
+                memory={
+                    "peak_alloc_bytes": backend.peak_bytes(),
+                    "host_peak_rss_bytes": host_peak_rss_bytes(),
+                },
+                extra=m.extra,
             )
         except Exception as exc:
             oom = backend.is_oom(exc) or isinstance(exc, MemoryError)

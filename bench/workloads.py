@@ -44,6 +44,7 @@ def positions(batch: int, start: int, length: int) -> np.ndarray:
 
 class Workload:
     name: str
+    kind = "model"  # "model" (a preset runs it) or "kernel" (an op on tensors)
     required: tuple[str, ...] = ()
     defaults: ClassVar[dict] = {}
 
@@ -278,8 +279,10 @@ class Throughput(Workload):
         return Measurement(timing, work, memory, extra)
 
 
+from bench.kernel_workloads import KERNEL_WORKLOADS  # noqa: E402  (they subclass Workload)
+
 WORKLOADS: dict[str, Workload] = {
-    w.name: w for w in (Prefill(), Decode(), TrainStep(), Throughput())
+    w.name: w for w in (Prefill(), Decode(), TrainStep(), Throughput(), *KERNEL_WORKLOADS)
 }
 
 

@@ -45,7 +45,7 @@ def model_for(impl) -> str:
     raise AssertionError(f"{impl.name} supports no tiny model")
 
 
-@pytest.mark.parametrize("impl", catalog.IMPLEMENTATIONS, ids=lambda i: i.name)
+@pytest.mark.parametrize("impl", catalog.model_implementations(), ids=lambda i: i.name)
 def test_every_available_implementation_runs_every_workload(impl, tmp_path):
     if catalog.missing_requirements(impl):
         pytest.skip(catalog.missing_requirements(impl))
@@ -86,6 +86,52 @@ max_batch = 4
         assert r["env"]["versions"]["torch"] and r["ceilings"]["copy_gbps"] > 0
     throughput = next(r for r in records if r["workload"] == "throughput")
     assert throughput["extra"]["batch"] == 4 and throughput["extra"]["limited_by"] == "max_batch"
+
+
+@pytest.mark.parametrize(
+    "impl", [i for i in catalog.IMPLEMENTATIONS if i.kind == "kernel"], ids=lambda i: i.name
+)
+def test_every_available_kernel_implementation_runs_its_ops(impl, tmp_path):
+    if catalog.missing_requirements(impl):
+        pytest.skip(catalog.missing_requirements(impl))
+    body = "".join(
+        f'[[case]]\nworkload = "kernel_{op}"\nimpls = ["{impl.name}"]\n'
+        "seq_len = 24\nbatch = 2\nwidth = 40\nbackward = [0, 1]\n"
+        for op in impl.ops
+    )
+    records = run_suite(write_suite(tmp_path, body), tmp_path / "out.jsonl")
+    assert len(records) == 2 * len(impl.ops)
+    if all(r["status"] == "unavailable" for r in records):
+        pytest.skip(records[0]["error"])  # e.g. fla and accelerated-scan need a GPU
+    for r in records:
+        assert r["status"] == "ok", r.get("error")
+        c = r["correctness"]
+        assert c["passed"] and c["reference_dtype"] == "float64"
+        assert set(c["rel_err_by_output"]) >= {"h" if r["workload"] == "kernel_scan" else "y"}
+        if r["params"]["backward"]:
+            assert any(k.startswith("d") for k in c["rel_err_by_output"])  # gradients gated too
+        assert r["metrics"]["gbps"] > 0 and r["work"]["bytes"] > 0
+
+
+def test_kernel_cases_are_validated(tmp_path):
+    path = tmp_path / "k.toml"
+    path.write_text('[[case]]\nworkload = "kernel_scan"\nmodels = ["hawk-tiny"]\nseq_len = 8\n')
+    with pytest.raises(suite.SuiteError, match="takes no 'models'"):
+        suite.load(str(path), "cpu")
+    path.write_text('[[case]]\nworkload = "kernel_rglru"\nimpls = ["fla-chunk"]\nseq_len = 8\n')
+    with pytest.raises(
+        suite.SuiteError,
+        match="does not run workload 'kernel_rglru'; implementations that do: ours-triton",
+    ):
+        suite.load(str(path), "cpu")
+    path.write_text(
+        '[[case]]\nworkload = "prefill"\nmodels = ["hawk-tiny"]\nimpls = ["ours-triton"]\nprompt = 8\n'
+    )
+    with pytest.raises(suite.SuiteError, match="does not run workload 'prefill'"):
+        suite.load(str(path), "cpu")
+    path.write_text('[[case]]\nworkload = "kernel_scan"\nseq_len = 8\nbackward = 2\n')
+    with pytest.raises(suite.SuiteError, match="backward must be 0 or 1"):
+        suite.load(str(path), "cpu")
 
 
 def with_fakes(monkeypatch, *names):
