@@ -217,6 +217,21 @@ def base_record(job: dict, p, impl: dict, env_info: dict | None) -> dict:
     }
 
 
+def _record_failure(rec: dict, exc: BaseException, backend) -> None:
+    """An exception of a point becomes its status: `oom` (the expected signal of a size that does
+    not fit) or `error` with the message and the traceback's end."""
+    oom = backend.is_oom(exc) or isinstance(exc, MemoryError)
+    rec["status"] = "oom" if oom else "error"
+    rec["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+    if not oom:
+        rec["traceback"] = traceback.format_exc()[-4000:]
+
+
+def _context_broken(rec: dict) -> bool:
+    """A CUDA fault leaves this process's context unusable: the rest goes to a fresh worker."""
+    return rec["status"] == "error" and any(s in rec["error"] for s in STICKY_ERRORS)
+
+
 def run_measure(job: dict, emit) -> int:
     """The points of one (model, dtype, implementation) group. Returns the process exit code."""
 
@@ -320,15 +335,11 @@ def run_measure(job: dict, emit) -> int:
                 extra={**rec["extra"], **m.extra},
             )
         except Exception as exc:
-            oom = backend.is_oom(exc) or isinstance(exc, MemoryError)
-            rec["status"] = "oom" if oom else "error"
-            rec["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-            if not oom:
-                rec["traceback"] = traceback.format_exc()[-4000:]
+            _record_failure(rec, exc, backend)
             del exc
             backend.free()
         finish(rec, t0)
-        if rec["status"] == "error" and any(s in rec["error"] for s in STICKY_ERRORS):
+        if _context_broken(rec):
             return EXIT_RESTART
     return 0
 
@@ -396,15 +407,11 @@ def _measure_kernels(job, spec, points, backend, finish, env_info, tcfg) -> int:
                 extra=m.extra,
             )
         except Exception as exc:
-            oom = backend.is_oom(exc) or isinstance(exc, MemoryError)
-            rec["status"] = "oom" if oom else "error"
-            rec["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-            if not oom:
-                rec["traceback"] = traceback.format_exc()[-4000:]
+            _record_failure(rec, exc, backend)
             del exc
             backend.free()
         finish(rec, t0)
-        if rec["status"] == "error" and any(s in rec["error"] for s in STICKY_ERRORS):
+        if _context_broken(rec):
             return EXIT_RESTART
     return 0
 
