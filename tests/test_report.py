@@ -149,10 +149,12 @@ def test_run_command_writes_the_report(run_dir):
     assert "plotly" in text and "fig-decode" in text and "tiny.jsonl" in text
 
 
-def test_committed_gpu_report_renders():
-    result = render(ROOT / "reports" / "h100-rg-2b.html")
+@pytest.mark.parametrize("page", sorted((ROOT / "reports").glob("*.html")), ids=lambda p: p.name)
+def test_committed_gpu_reports_render(page):
+    result = render(page)
     assert result["errors"] == []
     assert all(f["noData"] or f["drawn"] > 0 for f in result["figures"])
+    assert any(not f["noData"] for f in result["figures"])
 
 
 def test_damaged_records_give_messages_not_tracebacks(run_dir, tmp_path):
