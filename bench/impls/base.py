@@ -16,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 from functools import partial
 
-import numpy as np
-
 LEARNING_RATE = 1e-5
 
 
@@ -104,8 +102,3 @@ def jax_train_step(loss_logits_fn, params):
         return loss
 
     return step, lambda: None
-
-
-def positions(batch: int, start: int, length: int) -> np.ndarray:
-    """Segment positions of one document per row: start .. start + length - 1."""
-    return np.tile(np.arange(start, start + length), (batch, 1))
