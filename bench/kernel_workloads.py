@@ -39,16 +39,22 @@ def make_inputs(op: str, p: dict, seed: int, device: str, dtype: str) -> dict:
     """Full-size inputs (torch, on the device) and the output cotangent `dy`."""
     import torch
 
+    # [b, t, d] tensors from a generator on the device (fast at any size; the same seed gives the
+    # same inputs on the same kind of device), small ones from a CPU generator
+    dev_g = torch.Generator(device=device).manual_seed(seed)
     g = torch.Generator(device="cpu").manual_seed(seed)
     b, t, d = p["batch"], p["seq_len"], p["width"]
     tdtype = getattr(torch, dtype)
 
     def randn(*shape, scale=1.0):
+        if len(shape) == 3:
+            return (torch.randn(*shape, generator=dev_g, device=device) * scale).to(tdtype)
         return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=tdtype)
 
     out = {}
     if op == "scan":
-        out["a"] = (0.5 + 0.5 * torch.rand(b, t, d, generator=g)).to(device=device, dtype=tdtype)
+        a = 0.5 + 0.5 * torch.rand(b, t, d, generator=dev_g, device=device)
+        out["a"] = a.to(tdtype)
         out["x"] = randn(b, t, d)
     else:
         # documents of random lengths: a reset at t = 0 and about every t/4 steps
@@ -73,13 +79,14 @@ def make_inputs(op: str, p: dict, seed: int, device: str, dtype: str) -> dict:
 
 
 def reference(op: str, inputs: dict, backward: bool) -> dict[str, np.ndarray]:
-    """The `_ref` twin in float64 on the channel subset: outputs and (if backward) gradients."""
+    """The `_ref` twin in float64 on the channel subset, on the CPU (a loop over time of small
+    ops runs faster there than as GPU launches): outputs and (if backward) gradients."""
     import torch
 
     d = inputs["x"].shape[-1]
     idx = torch.as_tensor(subset(d), device=inputs["x"].device)
     sub = {
-        k: (v.index_select(-1, idx).double() if k not in ("segment_pos",) else v)
+        k: (v.index_select(-1, idx).double() if k not in ("segment_pos",) else v).cpu()
         for k, v in inputs.items()
     }
     grads = {k: sub[k].requires_grad_() for k in _DIFF[op]} if backward else {}

@@ -55,8 +55,10 @@ def linear_scan_ref(
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     h = torch.zeros_like(x[:, 0], dtype=acc) if h0 is None else h0.to(acc)
     out = []
-    for t in range(x.shape[1]):
-        h = a[:, t].to(acc) * h + x[:, t].to(acc)
+    # unbind, not a[:, t]: the backward of one unbind is one stack, while each slice's backward
+    # would fill a whole [b, t, d] gradient (quadratic in t)
+    for a_t, x_t in zip(a.unbind(1), x.unbind(1), strict=True):
+        h = a_t.to(acc) * h + x_t.to(acc)
         out.append(h.to(x.dtype))
     ys = torch.stack(out, dim=1) if out else x.new_empty(x.shape)
     return ys, h

@@ -40,7 +40,21 @@ def rel(a, b) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def sweep(name, make_call, check, configs, n_bytes, results, ceiling):
+def compiled_info(kernels) -> dict:
+    """Registers and spills of the most recently compiled variant of each kernel (the compiler's
+    report), when this Triton exposes its caches."""
+    info = {}
+    for k in kernels:
+        try:
+            cache = next(iter(k.device_caches.values()))[0]
+            c = list(cache.values())[-1]
+            info[k.fn.__name__] = {"regs": c.n_regs, "spills": c.n_spills}
+        except Exception:  # another Triton layout: the report is optional
+            pass
+    return info
+
+
+def sweep(name, make_call, check, configs, n_bytes, results, ceiling, kernels=()):
     rows = []
     for cfg in configs:
         try:
@@ -51,8 +65,9 @@ def sweep(name, make_call, check, configs, n_bytes, results, ceiling):
             ms = bench_ms(call)
             gbps = n_bytes / (ms * 1e-3) / 1e9
             rows.append(
-                {"config": cfg, "ms": ms, "gbps": gbps, "pct_copy": gbps / ceiling, "rel_err": err}
-            )
+                {"config": cfg, "ms": ms, "gbps": gbps, "pct_copy": gbps / ceiling, "rel_err": err,
+                 "compiled": compiled_info(kernels)}
+            )  # fmt: skip
         except Exception as exc:  # a config that does not compile or fit
             rows.append({"config": cfg, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
     rows.sort(key=lambda r: r.get("ms", float("inf")))
@@ -60,7 +75,7 @@ def sweep(name, make_call, check, configs, n_bytes, results, ceiling):
     for r in rows[:5]:
         if "ms" in r:
             print(f"{name:28s} {r['config']!s:28s} {r['ms']:.4f} ms {r['gbps']:7.0f} GB/s "
-                  f"{100 * r['pct_copy']:5.1f}% err {r['rel_err']:.1e}", flush=True)  # fmt: skip
+                  f"{100 * r['pct_copy']:5.1f}% err {r['rel_err']:.1e} {r['compiled']}", flush=True)  # fmt: skip
     bad = [r for r in rows if "error" in r]
     if bad:
         print(f"{name}: {len(bad)} configs failed, e.g. {bad[0]}", flush=True)
@@ -81,6 +96,7 @@ def measure_length(T, results, ceiling, grids):
         3 * n * 2,
         results,
         ceiling,
+        (scan_mod._scan_fwd_kernel,),
     )
     h, _ = scan_mod._forward(a, x, None, best_fwd)
     dh = torch.randn_like(x)
@@ -92,6 +108,7 @@ def measure_length(T, results, ceiling, grids):
         5 * n * 2,
         results,
         ceiling,
+        (scan_mod._scan_bwd_kernel,),
     )
     # the fastest peer: JAX's associative scan (bf16 in/out, float32 combine)
     try:
@@ -139,6 +156,7 @@ def measure_length(T, results, ceiling, grids):
         4 * n * 2,
         results,
         ceiling,
+        (rglru_mod._rglru_fwd_kernel,),
     )
     y, _ = rglru_mod._rglru_forward(*xs, a_param, pos, None, best_rf)
     dy = torch.randn_like(y)
@@ -150,6 +168,7 @@ def measure_length(T, results, ceiling, grids):
         8 * n * 2,
         results,
         ceiling,
+        (rglru_mod._rglru_bwd_kernel,),
     )
     w, bias = (
         torch.randn(4, D, device="cuda").bfloat16(),
@@ -164,7 +183,7 @@ def measure_length(T, results, ceiling, grids):
         return lambda: conv_mod._Conv1D.apply(xs[0], w, bias, pos, None)
 
     sweep(f"conv fwd T={T}", conv_call, lambda out: rel(out[..., sub], c_ref), grids["conv fwd"], 2 * n * 2,
-          results, ceiling)  # fmt: skip
+          results, ceiling, (conv_mod._conv_fwd_kernel,))  # fmt: skip
 
 
 def main() -> None:
@@ -179,28 +198,32 @@ def main() -> None:
     print(f"copy {ceiling:.0f} GB/s", flush=True)
     # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES); a first sweep (bench/probes history in
     # results/h100/NOTES.md) found CONTIG_D=True and longer time tiles faster everywhere
+    # The first two sweeps (results/h100/NOTES.md) found vector loads (CONTIG_D) and software
+    # pipelining (NUM_STAGES 3) faster everywhere, and register spills behind the slow corners;
+    # this grid adds narrower channel blocks (more programs, fewer registers per thread).
+    P = itertools.product
     grids = {
-        "scan fwd": list(itertools.product([128, 256], [32, 64], [1, 2, 4], [True], [1, 3])),
-        "scan bwd": list(itertools.product([64, 128], [32], [1, 2, 4], [True], [1, 3])),
-        "rglru fwd": list(itertools.product([64, 128], [32], [1, 2, 4], [True], [1, 3])),
-        "rglru bwd": list(itertools.product([32, 64], [32], [1, 2], [True], [1, 3])),
-        "conv fwd": list(itertools.product([64, 128], [64, 128], [2, 4], [True], [1])),
+        "scan fwd": list(P([64, 128, 256], [8, 16, 32], [1, 2], [True], [3, 4])),
+        "scan bwd": list(P([32, 64, 128], [16, 32], [1, 2, 4], [True], [3, 4])),
+        "rglru fwd": list(P([32, 64, 128], [8, 16, 32], [1, 2, 4], [True], [3])),
+        "rglru bwd": list(P([16, 32, 64], [8, 16, 32], [1, 2, 4], [True], [3])),
+        "conv fwd": list(P([32, 64, 128], [32, 64], [1, 2, 4], [True], [1])),
     }
     if args.quick:
         grids = {k: v[:2] for k, v in grids.items()}
 
     for T in (4096, 16384):
-        # the full sweep at T=4096; at 16384 the three best of each
+        # the full sweep at T=4096; at 16384 the two best of each
         g = (
             grids
             if T == 4096
-            else {k: [r["config"] for r in results[f"{k} T=4096"][:3]] for k in grids}
+            else {k: [r["config"] for r in results[f"{k} T=4096"][:2]] for k in grids}
         )
         measure_length(T, results, ceiling, g)
         torch.cuda.empty_cache()
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1, default=str)
+        if args.out:  # after each length: a cut-off run keeps what it measured
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1, default=str)
 
 
 if __name__ == "__main__":
