@@ -40,18 +40,35 @@ def rel(a, b) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def compiled_info(kernels) -> dict:
-    """Registers and spills of the most recently compiled variant of each kernel (the compiler's
-    report), when this Triton exposes its caches."""
+_COMPILED: dict = {}
+
+
+def compiled_info(kernels, cfg, before: dict) -> dict:
+    """Registers and spills of each kernel's variant for `cfg` (the compiler's report), read from
+    Triton's cache when the call compiled it and remembered for later lengths."""
     info = {}
     for k in kernels:
+        name = k.fn.__name__
         try:
             cache = next(iter(k.device_caches.values()))[0]
-            c = list(cache.values())[-1]
-            info[k.fn.__name__] = {"regs": c.n_regs, "spills": c.n_spills}
+            if len(cache) > before.get(name, 0):
+                c = list(cache.values())[-1]
+                _COMPILED[(name, tuple(cfg))] = {"regs": c.n_regs, "spills": c.n_spills}
         except Exception:  # another Triton layout: the report is optional
             pass
+        if (name, tuple(cfg)) in _COMPILED:
+            info[name] = _COMPILED[(name, tuple(cfg))]
     return info
+
+
+def cache_sizes(kernels) -> dict:
+    sizes = {}
+    for k in kernels:
+        try:
+            sizes[k.fn.__name__] = len(next(iter(k.device_caches.values()))[0])
+        except Exception:
+            sizes[k.fn.__name__] = 0
+    return sizes
 
 
 def sweep(name, make_call, check, configs, n_bytes, results, ceiling, kernels=()):
@@ -59,6 +76,7 @@ def sweep(name, make_call, check, configs, n_bytes, results, ceiling, kernels=()
     for cfg in configs:
         try:
             call = make_call(cfg)
+            before = cache_sizes(kernels)
             out = call()
             torch.cuda.synchronize()
             err = check(out)
@@ -66,7 +84,7 @@ def sweep(name, make_call, check, configs, n_bytes, results, ceiling, kernels=()
             gbps = n_bytes / (ms * 1e-3) / 1e9
             rows.append(
                 {"config": cfg, "ms": ms, "gbps": gbps, "pct_copy": gbps / ceiling, "rel_err": err,
-                 "compiled": compiled_info(kernels)}
+                 "compiled": compiled_info(kernels, cfg, before)}
             )  # fmt: skip
         except Exception as exc:  # a config that does not compile or fit
             rows.append({"config": cfg, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
@@ -190,9 +208,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out")
     parser.add_argument("--quick", action="store_true", help="fewer configurations")
+    parser.add_argument(
+        "--grid", choices=("full", "top"), default="full",
+        help="top: only the best configurations of the last full sweep (for A/B runs)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-hints", action="store_true", help="without the streaming cache hints (A/B)"
+    )
     args = parser.parse_args()
+    scan_mod.STREAM_HINTS = not args.no_hints
     torch.manual_seed(0)
-    results: dict = {"device": torch.cuda.get_device_name()}
+    results: dict = {"device": torch.cuda.get_device_name(), "stream_hints": not args.no_hints}
     ceiling = copy_gbps()
     results["copy_gbps"] = ceiling
     print(f"copy {ceiling:.0f} GB/s", flush=True)
@@ -209,6 +235,14 @@ def main() -> None:
         "rglru bwd": list(P([16, 32, 64], [8, 16, 32], [1, 2, 4], [True], [3])),
         "conv fwd": list(P([32, 64, 128], [32, 64], [1, 2, 4], [True], [1])),
     }
+    if args.grid == "top":  # the best of the third sweep (results/h100/NOTES.md)
+        grids = {
+            "scan fwd": [(128, 32, 1, True, 3), (64, 32, 1, True, 3), (64, 32, 2, True, 3)],
+            "scan bwd": [(32, 32, 1, True, 3), (64, 32, 2, True, 3), (32, 32, 1, True, 4)],
+            "rglru fwd": [(32, 16, 2, True, 3), (64, 16, 1, True, 3), (32, 16, 1, True, 3)],
+            "rglru bwd": [(16, 16, 1, True, 3), (16, 32, 2, True, 3), (32, 16, 2, True, 3)],
+            "conv fwd": [(64, 32, 2, True, 1), (32, 32, 4, True, 1)],
+        }
     if args.quick:
         grids = {k: v[:2] for k, v in grids.items()}
 
