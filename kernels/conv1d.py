@@ -82,7 +82,7 @@ def conv1d_ref(
 
 
 # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES), as for kernels.scan
-FWD_CONFIG = (64, 64, 2, True, 1)
+FWD_CONFIG = (64, 32, 2, True, 1)
 BWD_CONFIG = (64, 64, 2, True, 1)
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels._triton import tl, triton
-from kernels.scan import _combine, _d_offsets, _first_row, _hints, _last_row, linear_scan_ref
+from kernels.scan import _combine, _d_offsets, _first_row, _last_row, linear_scan_ref
 
 MAX_SQRT_GRADIENT = 1000.0
 
@@ -93,8 +93,8 @@ def rg_lru_ref(
 
 
 # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES), as for kernels.scan.
-FWD_CONFIG = (64, 32, 4, True, 3)
-BWD_CONFIG = (32, 32, 2, True, 3)
+FWD_CONFIG = (32, 16, 2, True, 3)
+BWD_CONFIG = (16, 32, 2, True, 3)
 
 
 @triton.jit
@@ -136,7 +136,7 @@ def _rglru_fwd_kernel(
     # meta-parameters
     HAS_SEG: tl.constexpr, HAS_H0: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     CONTIG_D: tl.constexpr,
-    NUM_STAGES: tl.constexpr, EVICT: tl.constexpr, STORE_CM: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -152,8 +152,8 @@ def _rglru_fwd_kernel(
         in_t = offs_t < T
         mask = in_t[:, None] & mask_d[None, :]
         ptrs = base + offs_t[:, None].to(tl.int64) * stride_t
-        x = tl.load(x_ptr + ptrs, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
-        gx = tl.load(gx_ptr + ptrs, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
+        x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+        gx = tl.load(gx_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
         ga = tl.load(ga_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
         if HAS_SEG:
             seg = tl.load(seg_ptr + pid_b * seg_b + offs_t * seg_t, mask=in_t, other=1)
@@ -165,7 +165,7 @@ def _rglru_fwd_kernel(
         xn = tl.where(mask, xn, 0.0)
         a_cum, x_cum = tl.associative_scan((a, xn), axis=0, combine_fn=_combine)
         hs = a_cum * h[None, :] + x_cum
-        tl.store(y_ptr + ptrs, hs.to(y_ptr.dtype.element_ty), mask=mask, cache_modifier=STORE_CM)
+        tl.store(y_ptr + ptrs, hs.to(y_ptr.dtype.element_ty), mask=mask)
         h = _last_row(hs, BLOCK_T)
     tl.store(hlast_ptr + pid_b * D + offs_d, h, mask=mask_d)
 
@@ -183,7 +183,7 @@ def _rglru_bwd_kernel(
     HAS_SEG: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHLAST: tl.constexpr,
     MIN_4Z: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     CONTIG_D: tl.constexpr,
-    NUM_STAGES: tl.constexpr, EVICT: tl.constexpr, STORE_CM: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -206,8 +206,8 @@ def _rglru_bwd_kernel(
         in_t = offs_t < T
         mask = in_t[:, None] & mask_d[None, :]
         ptrs = base + offs_t[:, None].to(tl.int64) * stride_t
-        x = tl.load(x_ptr + ptrs, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
-        gx = tl.load(gx_ptr + ptrs, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
+        x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+        gx = tl.load(gx_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
         ga = tl.load(ga_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
         # a_{t+1}: the gate one row down (mostly cache hits: the rows overlap this tile's)
         in_next = (offs_t + 1) < T
@@ -227,32 +227,22 @@ def _rglru_bwd_kernel(
         a_next = tl.where(reset_next, 0.0, tl.exp(-8.0 * tl.sigmoid(ga_next) * sp[None, :]))
         # the last step and padding rows pass the carry through (c = 1, g = 0)
         c = tl.where(next_mask, a_next, 1.0)
-        g = tl.load(dy_ptr + ptrs, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
+        g = tl.load(dy_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
         c_cum, g_cum = tl.associative_scan((c, g), axis=0, combine_fn=_combine, reverse=True)
         deltas = c_cum * delta[None, :] + g_cum
         prev_mask = (offs_t[:, None] >= 1) & mask
-        h_prev = tl.load(y_ptr + ptrs - stride_t, mask=prev_mask, other=0.0, eviction_policy=EVICT)
-        h_prev = h_prev.to(tl.float32)
+        h_prev = tl.load(y_ptr + ptrs - stride_t, mask=prev_mask, other=0.0).to(tl.float32)
         h_prev = tl.where(offs_t[:, None] == 0, h0[None, :], h_prev)
         d_a = tl.where(reset, 0.0, deltas * h_prev)
         d_mult = tl.where(reset, 0.0, deltas * x * i)
         d_z = d_mult * tl.rsqrt(tl.maximum(4.0 * z, MIN_4Z))
         d_log_a = d_a * a - 2.0 * d_z * (e * e)
         d_log_a = tl.where(mask, d_log_a, 0.0)
-        tl.store(
-            dx_ptr + ptrs,
-            (deltas * i * mult).to(dx_ptr.dtype.element_ty),
-            mask=mask,
-            cache_modifier=STORE_CM,
-        )
+        tl.store(dx_ptr + ptrs, (deltas * i * mult).to(dx_ptr.dtype.element_ty), mask=mask)
         d_gx = deltas * x * mult * i * (1.0 - i)
-        tl.store(
-            dgx_ptr + ptrs, d_gx.to(dgx_ptr.dtype.element_ty), mask=mask, cache_modifier=STORE_CM
-        )
+        tl.store(dgx_ptr + ptrs, d_gx.to(dgx_ptr.dtype.element_ty), mask=mask)
         d_ga = d_log_a * (-8.0 * sp[None, :]) * r * (1.0 - r)
-        tl.store(
-            dga_ptr + ptrs, d_ga.to(dga_ptr.dtype.element_ty), mask=mask, cache_modifier=STORE_CM
-        )
+        tl.store(dga_ptr + ptrs, d_ga.to(dga_ptr.dtype.element_ty), mask=mask)
         dsp += tl.sum(d_log_a * (-8.0 * r), axis=0)
         delta = _first_row(deltas, BLOCK_T)
     tl.store(dsp_ptr + pid_b * D + offs_d, dsp, mask=mask_d)
@@ -281,7 +271,7 @@ def _rglru_forward(x, gx, ga, a_param, segment_pos, h0, config=FWD_CONFIG):
         x, gx, ga, a_param, seg, h0 if h0 is not None else h_last, y, h_last,
         t, d, x.stride(0), x.stride(1), x.stride(2), seg_b, seg_t,
         HAS_SEG=segment_pos is not None, HAS_H0=h0 is not None,
-        BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, NUM_STAGES=stages, num_warps=warps, **_hints(),
+        BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, NUM_STAGES=stages, num_warps=warps,
     )  # fmt: skip
     return y, h_last
 
@@ -298,7 +288,7 @@ def _rglru_backward(x, gx, ga, a_param, segment_pos, h0, y, dy, dh_last, config=
         dh_last if dh_last is not None else dsp, dx, dgx, dga, dsp, dh0 if dh0 is not None else dsp,
         t, d, x.stride(0), x.stride(1), x.stride(2), seg_b, seg_t,
         HAS_SEG=segment_pos is not None, HAS_H0=h0 is not None, HAS_DHLAST=dh_last is not None,
-        MIN_4Z=1.0 / MAX_SQRT_GRADIENT**2, BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, NUM_STAGES=stages, num_warps=warps, **_hints(),
+        MIN_4Z=1.0 / MAX_SQRT_GRADIENT**2, BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, NUM_STAGES=stages, num_warps=warps,
     )  # fmt: skip
     d_a_param = (dsp.sum(0) * torch.sigmoid(a_param.float())).to(a_param.dtype)
     return dx, dgx, dga, d_a_param, dh0

@@ -25,7 +25,7 @@ from kernels._triton import tl, triton
 
 # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES): see results/h100/NOTES.md (kernels) for how they were chosen.
 FWD_CONFIG = (128, 32, 1, True, 3)
-BWD_CONFIG = (64, 32, 2, True, 3)
+BWD_CONFIG = (32, 32, 1, True, 3)
 
 
 def _check(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor | None) -> None:
@@ -103,7 +103,7 @@ def _scan_fwd_kernel(
     stride_b, stride_t, stride_d,
     # meta-parameters
     HAS_H0: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, CONTIG_D: tl.constexpr,
-    NUM_STAGES: tl.constexpr, EVICT: tl.constexpr, STORE_CM: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -118,11 +118,11 @@ def _scan_fwd_kernel(
         mask = (offs_t[:, None] < T) & mask_d[None, :]
         ptrs = base + offs_t[:, None].to(tl.int64) * stride_t
         # padding rows carry h through unchanged: a = 1, x = 0
-        a = tl.load(a_ptr + ptrs, mask=mask, other=1.0, eviction_policy=EVICT).to(tl.float32)
-        x = tl.load(x_ptr + ptrs, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
+        a = tl.load(a_ptr + ptrs, mask=mask, other=1.0).to(tl.float32)
+        x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
         a_cum, x_cum = tl.associative_scan((a, x), axis=0, combine_fn=_combine)
         hs = a_cum * h[None, :] + x_cum
-        tl.store(h_ptr + ptrs, hs.to(h_ptr.dtype.element_ty), mask=mask, cache_modifier=STORE_CM)
+        tl.store(h_ptr + ptrs, hs.to(h_ptr.dtype.element_ty), mask=mask)
         h = _last_row(hs, BLOCK_T)
     tl.store(hlast_ptr + pid_b * D + offs_d, h, mask=mask_d)
 
@@ -138,7 +138,7 @@ def _scan_bwd_kernel(
     # meta-parameters
     HAS_H0: tl.constexpr, HAS_DHLAST: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     CONTIG_D: tl.constexpr,
-    NUM_STAGES: tl.constexpr, EVICT: tl.constexpr, STORE_CM: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -162,36 +162,20 @@ def _scan_bwd_kernel(
         # δ_t = g_t + c_t δ_{t+1} with c_t = a_{t+1}; the last step and padding rows pass the
         # carry (dh_last, then δ of the next tile) through: c = 1, g = 0 on padding.
         next_mask = (offs_t[:, None] + 1 < T) & mask_d[None, :]
-        c = tl.load(a_ptr + ptrs + stride_t, mask=next_mask, other=1.0, eviction_policy=EVICT)
-        c = c.to(tl.float32)
-        g = tl.load(dh_ptr + ptrs, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
+        c = tl.load(a_ptr + ptrs + stride_t, mask=next_mask, other=1.0).to(tl.float32)
+        g = tl.load(dh_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
         c_cum, g_cum = tl.associative_scan((c, g), axis=0, combine_fn=_combine, reverse=True)
         deltas = c_cum * delta[None, :] + g_cum
         prev_mask = (offs_t[:, None] >= 1) & mask
-        h_prev = tl.load(h_ptr + ptrs - stride_t, mask=prev_mask, other=0.0, eviction_policy=EVICT)
-        h_prev = h_prev.to(tl.float32)
+        h_prev = tl.load(h_ptr + ptrs - stride_t, mask=prev_mask, other=0.0).to(tl.float32)
         h_prev = tl.where(offs_t[:, None] == 0, h0[None, :], h_prev)
-        tl.store(
-            dx_ptr + ptrs, deltas.to(dx_ptr.dtype.element_ty), mask=mask, cache_modifier=STORE_CM
-        )
-        da = deltas * h_prev
-        tl.store(da_ptr + ptrs, da.to(da_ptr.dtype.element_ty), mask=mask, cache_modifier=STORE_CM)
+        tl.store(dx_ptr + ptrs, deltas.to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(da_ptr + ptrs, (deltas * h_prev).to(da_ptr.dtype.element_ty), mask=mask)
         delta = _first_row(deltas, BLOCK_T)
     if HAS_H0:  # dh0 = a_0 δ_0
         a_first = tl.load(a_ptr + pid_b.to(tl.int64) * stride_b + _d_offsets(offs_d, stride_d, CONTIG_D),
                           mask=mask_d, other=0.0).to(tl.float32)  # fmt: skip
         tl.store(dh0_ptr + pid_b * D + offs_d, a_first * delta, mask=mask_d)
-
-
-# Streaming cache hints: tiles are read and written once, so loads are marked evict-first and
-# stores streaming (.cs), leaving L2 to the rows that tiles share. A switch for A/B probes.
-STREAM_HINTS = True
-
-
-def _hints() -> dict:
-    if STREAM_HINTS:
-        return {"EVICT": "evict_first", "STORE_CM": ".cs"}
-    return {"EVICT": "", "STORE_CM": ""}
 
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int]:
@@ -207,7 +191,7 @@ def _forward(a, x, h0, config=FWD_CONFIG):
     _scan_fwd_kernel[grid](
         a, x, h, h0 if h0 is not None else h_last, h_last,
         t, d, *_strides(x),
-        HAS_H0=h0 is not None, BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, NUM_STAGES=stages, num_warps=warps, **_hints(),
+        HAS_H0=h0 is not None, BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, NUM_STAGES=stages, num_warps=warps,
     )  # fmt: skip
     return h, h_last
 
@@ -223,7 +207,7 @@ def _backward(a, h, h0, dh, dh_last, config=BWD_CONFIG):
         da, dx, dh0 if dh0 is not None else da,
         t, d, *_strides(h),
         HAS_H0=h0 is not None, HAS_DHLAST=dh_last is not None,
-        BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, NUM_STAGES=stages, num_warps=warps, **_hints(),
+        BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, NUM_STAGES=stages, num_warps=warps,
     )  # fmt: skip
     return da, dx, dh0
 

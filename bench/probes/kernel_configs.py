@@ -212,13 +212,9 @@ def main() -> None:
         "--grid", choices=("full", "top"), default="full",
         help="top: only the best configurations of the last full sweep (for A/B runs)",
     )  # fmt: skip
-    parser.add_argument(
-        "--no-hints", action="store_true", help="without the streaming cache hints (A/B)"
-    )
     args = parser.parse_args()
-    scan_mod.STREAM_HINTS = not args.no_hints
     torch.manual_seed(0)
-    results: dict = {"device": torch.cuda.get_device_name(), "stream_hints": not args.no_hints}
+    results: dict = {"device": torch.cuda.get_device_name()}
     ceiling = copy_gbps()
     results["copy_gbps"] = ceiling
     print(f"copy {ceiling:.0f} GB/s", flush=True)
