@@ -59,7 +59,14 @@ def _run(args) -> int:
             print(p.label())
         print(f"{len(s.points)} points -> {out}")
         return 0
-    runner.run(s, out, device, isolate=not args.no_isolate, progress=not args.quiet)
+    runner.run(
+        s,
+        out,
+        device,
+        isolate=not args.no_isolate,
+        progress=not args.quiet,
+        point_timeout=args.point_timeout,
+    )
     from bench.report import build
     from bench.show import show
 
@@ -114,6 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--impl", action="append", help="only this implementation (repeatable)")
     p_run.add_argument("--model", action="append", help="only this model (repeatable)")
     p_run.add_argument("--no-isolate", action="store_true", help="run every point in this process")
+    p_run.add_argument(
+        "--point-timeout",
+        type=float,
+        default=900.0,
+        metavar="S",
+        help="kill a worker that reports no result for S seconds (default 900); its point is "
+        "recorded as an error",
+    )
     p_run.add_argument("--dry-run", action="store_true", help="list the points and stop")
     p_run.add_argument("--quiet", action="store_true", help="no progress lines")
 

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from bench.suite import Point, Suite
 from bench.worker import MARK, base_record, run_job
 
 _ORDER = {"prefill": 0, "decode": 1, "throughput": 2, "train_step": 3}
+# a worker that reports nothing for this long is killed (its point recorded as an error)
+POINT_TIMEOUT_S = 900.0
+TIMED_OUT = -(10**6)  # _execute's code for a worker killed by the timeout (no signal has it)
 
 
 def default_device() -> str:
@@ -86,8 +90,12 @@ def run(
     *,
     isolate: bool = True,
     progress: bool = True,
+    point_timeout: float = POINT_TIMEOUT_S,
 ) -> dict:
-    """Run the suite's points not yet in `out` (a JSONL file). Returns a small summary."""
+    """Run the suite's points not yet in `out` (a JSONL file). Returns a small summary.
+
+    An isolated worker that reports nothing for `point_timeout` seconds (a build or a kernel
+    that hangs) is killed; its current point is recorded as an error and the sweep goes on."""
     device = device or default_device()
     out = Path(out)
     RecordWriter(out)  # creates the folder, repairs a torn last line
@@ -115,7 +123,7 @@ def run(
         def on_ceilings(values):
             ceilings.update(values)
 
-        _execute({**base, "kind": "ceilings"}, isolate, prog, labels, on_ceilings)
+        _execute({**base, "kind": "ceilings"}, isolate, prog, labels, point_timeout, on_ceilings)
         base["ceilings"] = ceilings or None
         for _, _, points in _groups(todo):
             gates = list({p.gate_key: p for p in points}.values())
@@ -129,6 +137,7 @@ def run(
                 isolate,
                 prog,
                 labels,
+                point_timeout,
             )
             for impl in catalog.IMPLEMENTATIONS:
                 mine = sorted(
@@ -142,18 +151,22 @@ def run(
                         "gate_dir": gate_dir,
                         "impl": dataclasses.asdict(impl),
                     }
-                    _run_group(job, mine, isolate, prog, labels, out)
+                    _run_group(job, mine, isolate, prog, labels, out, point_timeout)
     finally:
         shutil.rmtree(gate_dir, ignore_errors=True)
     return summary
 
 
-def _run_group(job, points, isolate, prog, labels, out: Path) -> None:
+def _run_group(job, points, isolate, prog, labels, out: Path, point_timeout: float) -> None:
     """Measure a group; when its worker dies, record the point it was on and go on."""
     remaining = list(points)
     while remaining:
         code = _execute(
-            {**job, "points": [_point_dict(p) for p in remaining]}, isolate, prog, labels
+            {**job, "points": [_point_dict(p) for p in remaining]},
+            isolate,
+            prog,
+            labels,
+            point_timeout,
         )
         have = recorded_keys(out)
         left = [p for p in remaining if p.key not in have]
@@ -161,23 +174,35 @@ def _run_group(job, points, isolate, prog, labels, out: Path) -> None:
             return
         if code != 86:  # the worker died on left[0]: record it, restart for the rest
             crashed = left.pop(0)
-            RecordWriter(out).append(_crash_record(job, crashed, code))
+            RecordWriter(out).append(_crash_record(job, crashed, code, point_timeout))
             prog.point(crashed.label(), "error", "-")
         remaining = left
 
 
-def _crash_record(job: dict, p: Point, code: int) -> dict:
-    how = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+def _crash_record(job: dict, p: Point, code: int, point_timeout: float) -> dict:
+    if code == TIMED_OUT:
+        error = (
+            f"no result within {point_timeout:g} s: the worker was killed (a build or a run that "
+            "hangs; raise the limit with --point-timeout)"
+        )
+    else:
+        how = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        error = f"the worker process died on this point ({how})"
     rec = base_record(job, p, job["impl"], None)
     rec.update(
         status="error",
-        error=f"the worker process died on this point ({how})",
+        error=error,
         time=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
     return rec
 
 
-def _execute(job: dict, isolate: bool, prog: Progress, labels: dict, on_ceilings=None) -> int:
+def _execute(
+    job: dict, isolate: bool, prog: Progress, labels: dict, point_timeout: float, on_ceilings=None
+) -> int:
+    """Run one job in a worker process; its exit code, or TIMED_OUT when it was killed after
+    `point_timeout` seconds without a result."""
+
     def emit(kind, *fields):
         if kind == "done":
             key, status, median = fields
@@ -201,7 +226,21 @@ def _execute(job: dict, isolate: bool, prog: Progress, labels: dict, on_ceilings
     )
     proc.stdin.write(json.dumps({**job, "parent_pid": os.getpid()}))
     proc.stdin.close()
+    last = [time.monotonic()]
+    timed_out = threading.Event()
+
+    def watchdog():
+        while proc.poll() is None:
+            if time.monotonic() - last[0] > point_timeout:
+                timed_out.set()
+                proc.kill()
+                return
+            time.sleep(min(1.0, point_timeout / 10))
+
+    threading.Thread(target=watchdog, daemon=True).start()
     for line in proc.stdout:
         if line.startswith(MARK):
+            last[0] = time.monotonic()
             emit(*line.rstrip("\n").split("\t")[1:])
-    return proc.wait()
+    code = proc.wait()
+    return TIMED_OUT if timed_out.is_set() else code

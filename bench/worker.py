@@ -6,6 +6,7 @@ allocation ends with the process, and calls the same `run_job` in-process when i
 Protocol on stdout: lines starting with MARK, tab-separated:
     MARK done <key> <status> <median_ms or ->
     MARK ceilings <json>
+    MARK ref <gate_key>     (a reference is ready: progress only)
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def run_reference(job: dict, emit) -> None:
     points = [_point(d) for d in job["points"]]
     model, dtype, device = points[0].model, points[0].dtype, job["device"]
     if model == KERNEL_MODEL:
-        return _kernel_references(job, points)
+        return _kernel_references(job, points, emit)
     cfg = preset(model)
     backend = TorchBackend(device)
     attempts = ["float32", dtype] if dtype != "float32" else ["float32"]
@@ -154,6 +155,7 @@ def run_reference(job: dict, emit) -> None:
                 path.with_suffix(".json").write_text(
                     json.dumps({"reference": catalog.REFERENCE, "reference_dtype": ref_dtype})
                 )
+                emit("ref", p.gate_key)  # progress, for the runner's timeout
             return
         except Exception as exc:
             error = exc
@@ -169,7 +171,7 @@ def run_reference(job: dict, emit) -> None:
             path.with_suffix(".err").write_text(msg)
 
 
-def _kernel_references(job: dict, points) -> None:
+def _kernel_references(job: dict, points, emit) -> None:
     """float64 `_ref` outputs and gradients on a channel subset, for every kernel gate key."""
     from bench.workloads import input_seed, workload
 
@@ -185,6 +187,7 @@ def _kernel_references(job: dict, points) -> None:
             )
         except Exception as exc:
             path.with_suffix(".err").write_text(f"{type(exc).__name__}: {exc}"[:1000])
+        emit("ref", p.gate_key)
 
 
 def base_record(job: dict, p, impl: dict, env_info: dict | None) -> dict:

@@ -184,6 +184,24 @@ prompt = [8, 16, 24]
     assert status[16]["status"] == "error" and "SIGSEGV" in status[16]["error"]
 
 
+def test_a_hanging_worker_is_killed_and_costs_only_its_point(monkeypatch, tmp_path):
+    with_fakes(monkeypatch, "hang")
+    body = """
+[[case]]
+workload = "prefill"
+models = ["griffin-tiny"]
+impls = ["fake-hang"]
+batch = 1
+prompt = [8, 16, 24]
+"""
+    s = suite.load(str(write_suite(tmp_path, body)), "cpu")
+    runner.run(s, tmp_path / "out.jsonl", "cpu", isolate=True, progress=False, point_timeout=20)
+    records, _ = read_records(tmp_path / "out.jsonl")
+    status = {r["params"]["prompt"]: r for r in records if r["workload"] == "prefill"}
+    assert status[8]["status"] == "ok" and status[24]["status"] == "ok"
+    assert status[16]["status"] == "error" and "no result within 20 s" in status[16]["error"]
+
+
 def test_missing_dependency_is_unavailable_not_a_fallback(monkeypatch, tmp_path):
     ghost = catalog.Implementation(
         "ghost", "torch", "bench.impls.ours_torch", ("no_such_module_xyz",), "peer", "test"
