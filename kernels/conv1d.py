@@ -97,10 +97,10 @@ def _resets(seg_ptr, seg_b, seg_t, pid_b, offs_t, shift: tl.constexpr, T):
 @triton.jit(do_not_specialize=["stride_d"])
 def _conv_fwd_kernel(
     # pointers
-    x_ptr, w_ptr, b_ptr, seg_ptr, state_ptr, y_ptr,
+    x_ptr, w_ptr, b_ptr, seg_ptr, state_ptr, y_ptr, new_state_ptr,
     # sizes
     T, D,
-    # strides: x and y share them; segment_pos [b, t]; state [b, W-1, d] contiguous
+    # strides: x and y share them; segment_pos [b, t]; state, new_state [b, W-1, d] contiguous
     stride_b, stride_t, stride_d, seg_b, seg_t,
     # meta-parameters
     W: tl.constexpr, HAS_SEG: tl.constexpr, HAS_STATE: tl.constexpr,
@@ -138,6 +138,25 @@ def _conv_fwd_kernel(
             acc += tl.where(keep, tap, 0.0) * w[None, :]
         tl.store(y_ptr + base + offs_t[:, None].to(tl.int64) * stride_t,
                  acc.to(y_ptr.dtype.element_ty), mask=mask)  # fmt: skip
+    # The new state: the chunk's last W-1 inputs (the old state's where the chunk is shorter),
+    # zeroed where a document starts after them.
+    row = pid_b.to(tl.int64) * stride_b + _d_offsets(offs_d, stride_d, CONTIG_D)
+    for j in tl.static_range(W - 1):
+        p = T - (W - 1) + j
+        pv = p + 0 * offs_d  # as a vector, so that the masks below are vectors
+        v = tl.load(x_ptr + row + p * stride_t, mask=mask_d & (pv >= 0), other=0.0).to(tl.float32)
+        if HAS_STATE:
+            v += tl.load(state_ptr + pid_b * (W - 1) * D + (p + W - 1) * D + offs_d,
+                         mask=mask_d & (pv < 0), other=0.0).to(tl.float32)  # fmt: skip
+        if HAS_SEG:
+            for i in tl.static_range(W - 1):  # a start at q in (p, T) cuts input p off
+                q = T - 1 - i
+                # (read per channel lane, one address: a scalar load with a mask per program)
+                start = tl.load(seg_ptr + pid_b * seg_b + q * seg_t + 0 * offs_d,
+                                mask=mask_d & (pv < q) & (pv + (q - p) >= 0), other=1) == 0  # fmt: skip
+                v = tl.where(start, 0.0, v)
+        tl.store(new_state_ptr + pid_b * (W - 1) * D + j * D + offs_d,
+                 v.to(new_state_ptr.dtype.element_ty), mask=mask_d)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["stride_d"])
@@ -211,19 +230,6 @@ def _seg(segment_pos, x):
     return segment_pos, segment_pos.stride(0), segment_pos.stride(1)
 
 
-def _new_state(x, segment_pos, state, width):
-    """The last W-1 inputs, zeroed before the last document start (as conv1d_ref)."""
-    bsz, _, e = x.shape
-    prev = state if state is not None else x.new_zeros(bsz, width - 1, e)
-    xx = torch.cat([prev.to(x.dtype), x[:, -(width - 1) :]], dim=1)[:, -(width - 1) :]
-    if segment_pos is None:
-        return xx
-    tail = segment_pos[:, -(width - 1) :]
-    doc = torch.cumsum((tail == 0).long(), dim=1)
-    doc = torch.cat([doc.new_zeros(bsz, width - 1 - tail.shape[1]), doc], dim=1)
-    return torch.where((doc == doc[:, -1:])[..., None], xx, 0.0)
-
-
 class _Conv1D(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, segment_pos, state):
@@ -231,18 +237,20 @@ class _Conv1D(torch.autograd.Function):
         width = w.shape[0]
         block_t, block_d, warps, contig, stages = FWD_CONFIG
         y = torch.empty_like(x)
+        new_state = torch.empty(bsz, width - 1, d, device=x.device, dtype=x.dtype)
         seg, seg_b, seg_t = _seg(segment_pos, x)
         _conv_fwd_kernel[(triton.cdiv(d, block_d), bsz)](
-            x, w, b, seg, state if state is not None else x, y,
+            x, w, b, seg, state if state is not None else x, y, new_state,
             t, d, x.stride(0), x.stride(1), x.stride(2), seg_b, seg_t,
             W=width, HAS_SEG=segment_pos is not None, HAS_STATE=state is not None,
             BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, NUM_STAGES=stages, num_warps=warps,
         )  # fmt: skip
         ctx.save_for_backward(x, w, segment_pos, state)
-        return y
+        ctx.mark_non_differentiable(new_state)
+        return y, new_state
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx, dy, _d_new_state):
         x, w, segment_pos, state = ctx.saved_tensors
         bsz, t, d = x.shape
         width = w.shape[0]
@@ -277,8 +285,7 @@ def conv1d(
     x = x.contiguous()
     seg = None if segment_pos is None else segment_pos.contiguous()
     st = None if state is None else state.detach().to(x.dtype).contiguous()
-    y = _Conv1D.apply(x, w.contiguous(), b.contiguous(), seg, st)
-    return y, _new_state(x.detach(), seg, st, w.shape[0])
+    return _Conv1D.apply(x, w.contiguous(), b.contiguous(), seg, st)
 
 
 @triton.jit

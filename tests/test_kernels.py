@@ -144,6 +144,24 @@ def test_conv1d(shape, dtype, with_state):
     )
 
 
+@pytest.mark.parametrize("t", [1, 2, 3, 5])
+def test_conv1d_new_state_is_the_refs_exactly(t):
+    """The state the kernel writes: short chunks take inputs from the old state, and a document
+    start at any of the last positions zeroes what lies before it."""
+    b, d = 2 * t + 2, 40
+    x = torch.randn(b, t, d, device=DEVICE).bfloat16()
+    w, bias = torch.randn(4, d, device=DEVICE).bfloat16(), torch.randn(d, device=DEVICE).bfloat16()
+    state = torch.randn(b, 3, d, device=DEVICE).bfloat16()
+    pos = torch.arange(t, device=DEVICE).repeat(b, 1) + 5
+    for row in range(1, b - 1):  # row r: a start at position (r-1) % t; first and last: none
+        start = (row - 1) % t
+        pos[row, start:] = torch.arange(t - start, device=DEVICE)
+    for st in (state, None):
+        _, new_state = conv1d(x, w, bias, pos, st)
+        _, state_ref = conv1d_ref(x, w, bias, pos, st)
+        assert torch.equal(new_state, state_ref)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_decode_steps_update_state_in_place_like_their_refs(dtype):
     b, d = 3, 70

@@ -198,7 +198,7 @@ def measure_length(T, results, ceiling, grids):
 
     def conv_call(cfg):
         conv_mod.FWD_CONFIG = cfg
-        return lambda: conv_mod._Conv1D.apply(xs[0], w, bias, pos, None)
+        return lambda: conv_mod._Conv1D.apply(xs[0], w, bias, pos, None)[0]
 
     sweep(f"conv fwd T={T}", conv_call, lambda out: rel(out[..., sub], c_ref), grids["conv fwd"], 2 * n * 2,
           results, ceiling, (conv_mod._conv_fwd_kernel,))  # fmt: skip
