@@ -48,6 +48,15 @@ IMPLEMENTATIONS: tuple[Implementation, ...] = (
         "our PyTorch reference model (models.torch.Model, impl='reference')",
     ),
     Implementation(
+        "ours-torch-optimized",
+        "torch",
+        "bench.impls.ours_torch_optimized",
+        ("torch", "triton"),
+        "ours",
+        "our optimized PyTorch model (impl='optimized'): Triton RG-LRU / Conv1D kernels, fused "
+        "SDPA attention, in-place decode caches",
+    ),
+    Implementation(
         "ours-jax-reference",
         "jax",
         "bench.impls.ours_jax",

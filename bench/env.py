@@ -122,6 +122,8 @@ def collect(device: str) -> dict:
         "gpu": gpu_static() if device.startswith("cuda") else None,
         "versions": versions(),
         "git_sha": git_sha(),
+        # Triton kernels ran in the interpreter (CPU): their timings say nothing about speed
+        "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
     }
 
 

@@ -217,6 +217,7 @@ def _execute(
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if job["device"] == "cpu":
         env.setdefault("JAX_PLATFORMS", "cpu")
+        env.setdefault("TRITON_INTERPRET", "1")  # Triton kernels on the CPU: correct, slow
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.worker"],
         stdin=subprocess.PIPE,

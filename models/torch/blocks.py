@@ -24,7 +24,7 @@ from torch import nn
 from kernels.conv1d import conv1d_ref
 from kernels.rglru import rg_lru_ref
 from models.config import RECURRENT, ModelConfig
-from models.torch import layers
+from models.torch import layers, optimized
 
 
 @dataclass
@@ -52,8 +52,9 @@ def global_capacity(n_tokens: int) -> int:
 class RecurrentBlock(nn.Module):
     """linear_out( RG-LRU(Conv1D(linear_x(x))) * gelu(linear_y(x)) )."""
 
-    def __init__(self, cfg: ModelConfig, device=None, dtype=None):
+    def __init__(self, cfg: ModelConfig, device=None, dtype=None, impl: str = "reference"):
         super().__init__()
+        self.impl = impl
         d, e = cfg.width, cfg.lru_width
         self.linear_y = nn.Linear(d, e, device=device, dtype=dtype)
         self.linear_x = nn.Linear(d, e, device=device, dtype=dtype)
@@ -76,6 +77,8 @@ class RecurrentBlock(nn.Module):
     ) -> tuple[torch.Tensor, RecurrentCache | None]:
         """x: [b, t, d] -> [b, t, d]."""
         del length  # the recurrence needs no stream position
+        if self.impl == "optimized":
+            return optimized.recurrent_forward(self, x, segment_pos, cache, return_cache)
         y = layers.gelu(self.linear_y(x))
         xb = self.linear_x(x)
         conv, lru = self.conv_1d, self.rg_lru
@@ -97,10 +100,11 @@ class RecurrentBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Multi-query attention (n query heads, one key/value head), RoPE, local or global."""
 
-    def __init__(self, cfg: ModelConfig, device=None, dtype=None):
+    def __init__(self, cfg: ModelConfig, device=None, dtype=None, impl: str = "reference"):
         super().__init__()
         d, n, h = cfg.width, cfg.num_heads, cfg.head_dim
         self.cfg = cfg
+        self.impl = impl
         self.proj_q = nn.Linear(d, n * h, bias=False, device=device, dtype=dtype)
         self.proj_k = nn.Linear(d, h, bias=False, device=device, dtype=dtype)
         self.proj_v = nn.Linear(d, h, bias=False, device=device, dtype=dtype)
@@ -120,6 +124,8 @@ class AttentionBlock(nn.Module):
         return_cache: bool,
     ) -> tuple[torch.Tensor, AttentionCache | None]:
         """x: [b, t, d] -> [b, t, d]; `length` tokens precede x in the stream (0 without cache)."""
+        if self.impl == "optimized":
+            return optimized.attention_forward(self, x, segment_pos, cache, length, return_cache)
         cfg = self.cfg
         b, t, _ = x.shape
         q = self.proj_q(x).unflatten(-1, (cfg.num_heads, cfg.head_dim))
@@ -192,14 +198,16 @@ class AttentionBlock(nn.Module):
 class ResidualBlock(nn.Module):
     """x + mix(RMSNorm(x)), then + MLP(RMSNorm(.)); `mix` is recurrent or attention."""
 
-    def __init__(self, cfg: ModelConfig, kind: str, device=None, dtype=None):
+    def __init__(
+        self, cfg: ModelConfig, kind: str, device=None, dtype=None, impl: str = "reference"
+    ):
         super().__init__()
         self.kind = kind
         self.temporal_pre_norm = layers.RMSNorm(cfg.width, cfg.norm_eps, device=device, dtype=dtype)
         if kind == RECURRENT:
-            self.recurrent_block = RecurrentBlock(cfg, device=device, dtype=dtype)
+            self.recurrent_block = RecurrentBlock(cfg, device=device, dtype=dtype, impl=impl)
         else:
-            self.attention_block = AttentionBlock(cfg, device=device, dtype=dtype)
+            self.attention_block = AttentionBlock(cfg, device=device, dtype=dtype, impl=impl)
         self.channel_pre_norm = layers.RMSNorm(cfg.width, cfg.norm_eps, device=device, dtype=dtype)
         self.mlp_block = layers.MLPBlock(
             cfg.width, cfg.mlp_width, cfg.bias, 2.0 / cfg.depth, device=device, dtype=dtype

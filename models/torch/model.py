@@ -23,7 +23,7 @@ from models.config import ModelConfig, embed_multiplier
 from models.torch.blocks import AttentionCache, BlockCache, RecurrentCache, ResidualBlock
 from models.torch.layers import RMSNorm
 
-IMPLS = ("reference",)
+IMPLS = ("reference", "optimized")
 
 
 @dataclass
@@ -86,9 +86,21 @@ class Model(nn.Module):
         )
         nn.init.normal_(self.embedder.input_embedding, std=math.sqrt(1.0 / cfg.width))
         self.blocks = nn.ModuleList(
-            ResidualBlock(cfg, kind, device=device, dtype=dtype) for kind in cfg.block_types
+            ResidualBlock(cfg, kind, device=device, dtype=dtype, impl=impl)
+            for kind in cfg.block_types
         )
         self.final_norm = RMSNorm(cfg.width, cfg.norm_eps, device=device, dtype=dtype)
+
+    def use_impl(self, impl: str) -> Model:
+        """Switch every block to another implementation in place (the weights are shared: both
+        implementations have the same parameters). Returns self."""
+        if impl not in IMPLS:
+            raise ValueError(f"unknown impl {impl!r}; valid impls: {', '.join(IMPLS)}")
+        self.impl = impl
+        for module in self.modules():
+            if module is not self and hasattr(module, "impl"):
+                module.impl = impl
+        return self
 
     # -- pieces ---------------------------------------------------------------------------------
 
@@ -134,7 +146,9 @@ class Model(nn.Module):
     ) -> tuple[torch.Tensor, Cache]:
         """One step: tokens and segment_pos int [b, 1], cache from prefill or decode.
 
-        Returns logits [b, 1, v] and the new cache (the old one is left unchanged).
+        Returns logits [b, 1, v] and the new cache. impl="reference" leaves the old cache
+        unchanged; impl="optimized" updates its tensors in place (the old cache is consumed:
+        keep a `models.torch.optimized.copy_cache` to decode from the same point again).
         """
         if not isinstance(cache, Cache):
             raise TypeError(

@@ -1,0 +1,202 @@
+"""The optimized path of the PyTorch model (`Model(cfg, impl="optimized")`): same modules, same
+state_dict, different ops. Selected per block by `block.impl`; models/torch/blocks.py calls these.
+
+- Recurrent block: the Triton Conv1D and RG-LRU kernels (kernels/) for prefill and training (one
+  pass each way, autograd through their backward kernels); for a one-token decode step the
+  `*_step` kernels, which update the cache's conv and RG-LRU state in place.
+- Attention block: PyTorch's scaled_dot_product_attention (fused kernels, no [b, n, t, s] logits
+  in memory) with the document / window / causal mask as a boolean [b, 1, t, s] mask, the one
+  key/value head broadcast to the query heads. Decode writes the new key and value into the cache
+  in place: local attention keeps a ring buffer of window + 1 slots (the window's keys and the
+  query's own), global attention a buffer that doubles when full.
+
+Decode therefore consumes its cache: `logits, cache = m.decode(tok, pos, cache)` returns the same
+Cache object, updated (the reference path returns a new one). Copy a cache (`copy_cache`) to
+decode twice from the same point.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from kernels._triton import AVAILABLE as TRITON_AVAILABLE
+
+
+def check_device(x: torch.Tensor) -> None:
+    """The Triton kernels need a CUDA tensor (or the CPU under TRITON_INTERPRET=1)."""
+    if not TRITON_AVAILABLE:
+        raise RuntimeError(
+            "impl='optimized' needs Triton: pip install 'griffin-bench[triton]'; "
+            "impl='reference' runs without it"
+        )
+    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            f"impl='optimized' runs its Triton kernels on a CUDA device; got a {x.device.type} "
+            "tensor (set TRITON_INTERPRET=1 to run them slowly on the CPU, or use "
+            "impl='reference')"
+        )
+
+
+def recurrent_forward(blk, x, segment_pos, cache, return_cache):
+    """RecurrentBlock.forward on the kernels. x: [b, t, d] -> ([b, t, d], cache or None)."""
+    from kernels.conv1d import conv1d, conv1d_step
+    from kernels.rglru import rg_lru, rg_lru_step
+    from models.torch.blocks import RecurrentCache
+    from models.torch.layers import gelu
+
+    check_device(x)
+    conv, lru = blk.conv_1d, blk.rg_lru
+    y = gelu(blk.linear_y(x))
+    xb = blk.linear_x(x)
+    if cache is not None and x.shape[1] == 1 and not torch.is_grad_enabled():
+        reset = segment_pos[:, 0] == 0
+        xs = conv1d_step(xb[:, 0].contiguous(), conv.w, conv.b, cache.conv, reset)
+        hs = rg_lru_step(
+            xs,
+            lru.input_gate(xs).contiguous(),
+            lru.a_gate(xs).contiguous(),
+            lru.a_param,
+            cache.rg_lru,
+            reset,
+        )
+        return blk.linear_out(hs[:, None] * y), cache if return_cache else None
+    xb, conv_state = conv1d(xb, conv.w, conv.b, segment_pos, None if cache is None else cache.conv)
+    xb, h_last = rg_lru(
+        xb,
+        lru.input_gate(xb),
+        lru.a_gate(xb),
+        lru.a_param,
+        segment_pos,
+        None if cache is None else cache.rg_lru,
+    )
+    out = blk.linear_out(xb * y)
+    return out, RecurrentCache(h_last, conv_state) if return_cache else None
+
+
+def _sdpa_mqa(q, k, v, mask):
+    """q [b, t, n, h]; k, v [b, s, h] (one head); mask bool [b, t, s] -> [b, t, n * h]."""
+    b, _, n, h = q.shape
+    s = k.shape[1]
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2),
+        k[:, None].expand(b, n, s, h),
+        v[:, None].expand(b, n, s, h),
+        attn_mask=mask[:, None],
+    )
+    return out.transpose(1, 2).flatten(-2)
+
+
+def attention_forward(blk, x, segment_pos, cache, length, return_cache):
+    """AttentionBlock.forward with fused attention and in-place cache writes."""
+    from models.torch import layers
+
+    cfg = blk.cfg
+    b, t, _ = x.shape
+    q = blk.proj_q(x).unflatten(-1, (cfg.num_heads, cfg.head_dim))
+    k = blk.proj_k(x)[:, :, None]
+    q = layers.apply_rope(q, segment_pos, cfg.rope_dims, cfg.rope_base)
+    k = layers.apply_rope(k, segment_pos, cfg.rope_dims, cfg.rope_base)[:, :, 0]
+    v = blk.proj_v(x)
+
+    q_pos = torch.arange(length, length + t, device=x.device)
+    prev_start = (
+        torch.zeros(b, dtype=torch.long, device=x.device) if cache is None else cache.doc_start
+    )
+    reset_at = torch.where(segment_pos == 0, q_pos, -1)
+    doc_start = torch.maximum(prev_start[:, None], torch.cummax(reset_at, dim=1).values)
+    window = cfg.attention_window
+
+    if cache is not None and t == 1:  # decode: write first, then attend over the whole buffer
+        cache = _ensure_room(blk, cache, length + 1)
+        _write(cache, k, v, length, window)
+        keys, values, k_pos = cache.k, cache.v, cache.pos
+    elif cache is None:
+        keys, values, k_pos = k, v, q_pos
+    else:  # a chunk after a cache: the cache's keys, then the chunk's
+        keys = torch.cat([cache.k, k.to(cache.k.dtype)], dim=1)
+        values = torch.cat([cache.v, v.to(cache.v.dtype)], dim=1)
+        k_pos = torch.cat([cache.pos, q_pos])
+    kp = k_pos[None, None, :]
+    mask = (kp <= q_pos[None, :, None]) & (kp >= doc_start[:, :, None])
+    if window is not None:
+        mask = mask & (q_pos[None, :, None] - kp <= window)
+    out = blk.proj_final(_sdpa_mqa(q, keys.to(q.dtype), values.to(q.dtype), mask))
+    if not return_cache:
+        return out, None
+    if cache is None:
+        cache = empty_attention_cache(cfg, b, t, x.dtype, x.device)
+    elif t == 1:
+        cache.doc_start = doc_start[:, -1]
+        return out, cache
+    cache = _ensure_room(blk, cache, length + t)
+    _write(cache, k, v, length, window)
+    cache.doc_start = doc_start[:, -1]
+    return out, cache
+
+
+def slots_for(cfg, n_tokens: int) -> int:
+    """Slots of an optimized attention cache: window + 1 (local) or room for n_tokens (global)."""
+    from models.torch.blocks import global_capacity
+
+    window = cfg.attention_window
+    return window + 1 if window is not None else global_capacity(n_tokens)
+
+
+def empty_attention_cache(cfg, batch: int, n_tokens: int, dtype, device):
+    from models.torch.blocks import AttentionCache
+
+    slots = slots_for(cfg, n_tokens)
+    zeros = torch.zeros(batch, slots, cfg.head_dim, dtype=dtype, device=device)
+    return AttentionCache(
+        k=zeros,
+        v=zeros.clone(),
+        pos=torch.full((slots,), -1, dtype=torch.long, device=device),
+        doc_start=torch.zeros(batch, dtype=torch.long, device=device),
+    )
+
+
+def _ensure_room(blk, cache, n_tokens: int):
+    """A global cache grows (doubling) to hold n_tokens; a ring buffer never needs to."""
+    from models.torch.blocks import AttentionCache
+
+    if blk.cfg.attention_window is not None or n_tokens <= cache.k.shape[1]:
+        return cache
+    pad = slots_for(blk.cfg, n_tokens) - cache.k.shape[1]
+    return AttentionCache(
+        k=F.pad(cache.k, (0, 0, 0, pad)),
+        v=F.pad(cache.v, (0, 0, 0, pad)),
+        pos=F.pad(cache.pos, (0, pad), value=-1),
+        doc_start=cache.doc_start,
+    )
+
+
+def _write(cache, k, v, length: int, window: int | None) -> None:
+    """Store keys/values k, v [b, t, h] of stream indices length .. length + t - 1, in place."""
+    t = k.shape[1]
+    if window is None:
+        pos = torch.arange(length, length + t, device=k.device)
+        slots = pos
+    else:
+        ring = window + 1
+        keep = min(ring, t)
+        k, v = k[:, t - keep :], v[:, t - keep :]
+        pos = torch.arange(length + t - keep, length + t, device=k.device)
+        slots = pos % ring
+    cache.k[:, slots] = k.to(cache.k.dtype)
+    cache.v[:, slots] = v.to(cache.v.dtype)
+    cache.pos[slots] = pos
+
+
+def copy_cache(cache):
+    """A deep copy of a Cache (the optimized decode updates its cache in place)."""
+    import copy
+
+    from models.torch.model import Cache
+
+    blocks = [
+        type(c)(**{f: getattr(c, f).clone() for f in c.__dataclass_fields__}) for c in cache.blocks
+    ]
+    return Cache(copy.copy(blocks), cache.length)

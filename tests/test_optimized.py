@@ -1,0 +1,104 @@
+"""impl="optimized" (Triton kernels, fused attention, in-place decode) equals impl="reference" on
+the same weights: forward, prefill + decode past the window and across document resets, and the
+gradients of a training step. Float32, tiny presets; the kernels run in Triton's interpreter
+where there is no GPU."""
+
+import copy
+
+import pytest
+import torch
+from util import inputs, randomize_zeros_, rel_err
+
+from models.config import preset
+from models.torch import Model
+from models.torch.optimized import copy_cache
+
+CASES = {
+    "hawk-tiny": preset("hawk-tiny"),
+    "griffin-tiny": preset("griffin-tiny"),
+    "mqa-tiny": preset("mqa-tiny"),  # global attention: the cache grows while decoding
+    "recurrentgemma-tiny": preset("recurrentgemma-tiny"),
+    "gemma-tiny": preset("gemma-tiny"),
+}
+TOL = 1e-4
+T = 28  # past every tiny window (8)
+RESETS = {0: [6, 19], 1: [11]}  # row 0: in the prompt and inside decoding; row 1: first decoded
+
+
+def pair(cfg):
+    ref = Model(cfg).eval()
+    randomize_zeros_(ref, std=0.2)
+    opt = copy.deepcopy(ref).use_impl("optimized")
+    return ref, opt
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_forward_equals_reference(name):
+    ref, opt = pair(CASES[name])
+    tokens, pos = inputs(3, T, CASES[name].vocab_size, RESETS)
+    with torch.no_grad():
+        assert rel_err(opt(tokens, pos), ref(tokens, pos)) <= TOL
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_prefill_then_decode_equals_reference_forward(name):
+    ref, opt = pair(CASES[name])
+    prompt = 11
+    tokens, pos = inputs(3, T, CASES[name].vocab_size, RESETS, seed=1)
+    with torch.no_grad():
+        full = ref(tokens, pos)
+        logits, cache = opt.prefill(tokens[:, :prompt], pos[:, :prompt])
+        assert rel_err(logits, full[:, :prompt]) <= TOL
+        for t in range(prompt, T):
+            logits, cache = opt.decode(tokens[:, t : t + 1], pos[:, t : t + 1], cache)
+            assert rel_err(logits, full[:, t : t + 1]) <= TOL, f"decode step {t}"
+    assert cache.length == T
+
+
+def test_decode_updates_the_cache_in_place_and_a_copy_replays():
+    _, opt = pair(CASES["griffin-tiny"])
+    tokens, pos = inputs(2, 12, 256)
+    with torch.no_grad():
+        _, cache = opt.prefill(tokens[:, :11], pos[:, :11])
+        keep = copy_cache(cache)
+        first, after = opt.decode(tokens[:, 11:], pos[:, 11:], cache)
+        assert torch.equal(after.blocks[0].rg_lru, cache.blocks[0].rg_lru)  # the same tensors
+        assert not torch.equal(keep.blocks[0].rg_lru, cache.blocks[0].rg_lru)
+        again, _ = opt.decode(tokens[:, 11:], pos[:, 11:], keep)
+    assert torch.equal(first, again)
+
+
+@pytest.mark.parametrize("name", ["griffin-tiny", "mqa-tiny"])
+def test_training_gradients_equal_reference(name):
+    ref, opt = pair(CASES[name])
+    ref.train(), opt.train()
+    tokens, pos = inputs(2, 20, CASES[name].vocab_size, {0: [9]}, seed=2)
+    targets = torch.roll(tokens, -1, dims=1)
+    for m in (ref, opt):
+        loss = torch.nn.functional.cross_entropy(m(tokens, pos).flatten(0, 1), targets.flatten())
+        loss.backward()
+    grads = dict(opt.named_parameters())
+    for k, p in ref.named_parameters():
+        assert p.grad is not None and grads[k].grad is not None, k
+        assert rel_err(grads[k].grad, p.grad) <= TOL, k
+
+
+def test_state_dicts_are_interchangeable():
+    ref, _ = pair(CASES["griffin-tiny"])
+    opt = Model(CASES["griffin-tiny"], impl="optimized")
+    opt.load_state_dict(ref.state_dict())  # same keys and shapes
+    tokens, pos = inputs(1, 9, 256)
+    with torch.no_grad():
+        assert rel_err(opt(tokens, pos), ref(tokens, pos)) <= TOL
+
+
+def test_optimized_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):
+    _, opt = pair(CASES["hawk-tiny"])
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    tokens, pos = inputs(1, 4, 256)
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="runs its Triton kernels on a CUDA device"):
+        opt(tokens, pos)
+    with pytest.raises(ValueError, match="valid impls: reference, optimized"):
+        Model(CASES["hawk-tiny"], impl="fast")
