@@ -21,21 +21,26 @@ CASES = {
     "gemma-tiny": preset("gemma-tiny"),
 }
 TOL = 1e-4
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU runs the Triton interpreter
 T = 28  # past every tiny window (8)
 RESETS = {0: [6, 19], 1: [11]}  # row 0: in the prompt and inside decoding; row 1: first decoded
 
 
 def pair(cfg):
-    ref = Model(cfg).eval()
+    ref = Model(cfg, device=DEVICE).eval()
     randomize_zeros_(ref, std=0.2)
     opt = copy.deepcopy(ref).use_impl("optimized")
     return ref, opt
 
 
+def data(*args, **kw):
+    return tuple(x.to(DEVICE) for x in inputs(*args, **kw))
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_forward_equals_reference(name):
     ref, opt = pair(CASES[name])
-    tokens, pos = inputs(3, T, CASES[name].vocab_size, RESETS)
+    tokens, pos = data(3, T, CASES[name].vocab_size, RESETS)
     with torch.no_grad():
         assert rel_err(opt(tokens, pos), ref(tokens, pos)) <= TOL
 
@@ -44,7 +49,7 @@ def test_forward_equals_reference(name):
 def test_prefill_then_decode_equals_reference_forward(name):
     ref, opt = pair(CASES[name])
     prompt = 11
-    tokens, pos = inputs(3, T, CASES[name].vocab_size, RESETS, seed=1)
+    tokens, pos = data(3, T, CASES[name].vocab_size, RESETS, seed=1)
     with torch.no_grad():
         full = ref(tokens, pos)
         logits, cache = opt.prefill(tokens[:, :prompt], pos[:, :prompt])
@@ -57,7 +62,7 @@ def test_prefill_then_decode_equals_reference_forward(name):
 
 def test_decode_updates_the_cache_in_place_and_a_copy_replays():
     _, opt = pair(CASES["griffin-tiny"])
-    tokens, pos = inputs(2, 12, 256)
+    tokens, pos = data(2, 12, 256)
     with torch.no_grad():
         _, cache = opt.prefill(tokens[:, :11], pos[:, :11])
         keep = copy_cache(cache)
@@ -72,7 +77,7 @@ def test_decode_updates_the_cache_in_place_and_a_copy_replays():
 def test_training_gradients_equal_reference(name):
     ref, opt = pair(CASES[name])
     ref.train(), opt.train()
-    tokens, pos = inputs(2, 20, CASES[name].vocab_size, {0: [9]}, seed=2)
+    tokens, pos = data(2, 20, CASES[name].vocab_size, {0: [9]}, seed=2)
     targets = torch.roll(tokens, -1, dims=1)
     for m in (ref, opt):
         loss = torch.nn.functional.cross_entropy(m(tokens, pos).flatten(0, 1), targets.flatten())
@@ -85,19 +90,17 @@ def test_training_gradients_equal_reference(name):
 
 def test_state_dicts_are_interchangeable():
     ref, _ = pair(CASES["griffin-tiny"])
-    opt = Model(CASES["griffin-tiny"], impl="optimized")
+    opt = Model(CASES["griffin-tiny"], impl="optimized", device=DEVICE)
     opt.load_state_dict(ref.state_dict())  # same keys and shapes
-    tokens, pos = inputs(1, 9, 256)
+    tokens, pos = data(1, 9, 256)
     with torch.no_grad():
         assert rel_err(opt(tokens, pos), ref(tokens, pos)) <= TOL
 
 
 def test_optimized_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):
-    _, opt = pair(CASES["hawk-tiny"])
+    opt = Model(CASES["hawk-tiny"], impl="optimized")  # on the CPU
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     tokens, pos = inputs(1, 4, 256)
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="runs its Triton kernels on a CUDA device"):
         opt(tokens, pos)
     with pytest.raises(ValueError, match="valid impls: reference, optimized"):
