@@ -11,7 +11,7 @@ from util import inputs, randomize_zeros_, rel_err
 
 from models.config import preset
 from models.torch import Model
-from models.torch.optimized import copy_cache
+from models.torch.optimized import StaticDecoder, copy_cache
 
 CASES = {
     "hawk-tiny": preset("hawk-tiny"),
@@ -105,3 +105,23 @@ def test_optimized_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):
         opt(tokens, pos)
     with pytest.raises(ValueError, match="valid impls: reference, optimized"):
         Model(CASES["hawk-tiny"], impl="fast")
+
+
+@pytest.mark.parametrize("name", ["griffin-tiny", "mqa-tiny", "recurrentgemma-tiny"])
+def test_static_decoder_equals_reference_forward(name):
+    """The CUDA-graph decode path (eager on the CPU): device-side stream position, static ring
+    buffer and preallocated global cache, across resets and past the window; load() restarts."""
+    ref, opt = pair(CASES[name])
+    prompt = 9
+    tokens, pos = data(3, T, CASES[name].vocab_size, RESETS, seed=3)
+    with torch.no_grad():
+        full = ref(tokens, pos)
+        _, cache = opt.prefill(tokens[:, :prompt], pos[:, :prompt])
+        dec = StaticDecoder(opt, cache, capacity=T)
+        for _ in range(2):  # the second pass restarts from the same cache
+            dec.load(cache)
+            for t in range(prompt, T):
+                logits = dec.step(tokens[:, t : t + 1], pos[:, t : t + 1])
+                assert rel_err(logits, full[:, t : t + 1]) <= TOL, f"decode step {t}"
+        with pytest.raises(ValueError, match="this decoder is full"):
+            dec.step(tokens[:, :1], pos[:, :1])

@@ -200,3 +200,173 @@ def copy_cache(cache):
         type(c)(**{f: getattr(c, f).clone() for f in c.__dataclass_fields__}) for c in cache.blocks
     ]
     return Cache(copy.copy(blocks), cache.length)
+
+
+def _attention_step_static(blk, x, segment_pos, cache, length_t):
+    """One decode step of an attention block whose stream position is a device tensor (so the
+    step can be captured in a CUDA graph): writes k, v into the static cache, attends over it."""
+    from models.torch import layers
+
+    cfg = blk.cfg
+    q = blk.proj_q(x).unflatten(-1, (cfg.num_heads, cfg.head_dim))
+    k = blk.proj_k(x)[:, :, None]
+    q = layers.apply_rope(q, segment_pos, cfg.rope_dims, cfg.rope_base)
+    k = layers.apply_rope(k, segment_pos, cfg.rope_dims, cfg.rope_base)[:, :, 0]
+    v = blk.proj_v(x)
+    q_pos = length_t.view(1)
+    reset_at = torch.where(segment_pos == 0, q_pos, -1)  # [b, 1]
+    doc_start = torch.maximum(cache.doc_start[:, None], reset_at)
+    window = cfg.attention_window
+    slot = q_pos % (window + 1) if window is not None else q_pos
+    cache.k.index_copy_(1, slot, k.to(cache.k.dtype))
+    cache.v.index_copy_(1, slot, v.to(cache.v.dtype))
+    cache.pos.index_copy_(0, slot, q_pos)
+    kp = cache.pos[None, None, :]
+    mask = (kp <= q_pos) & (kp >= doc_start[:, :, None])
+    if window is not None:
+        mask = mask & (q_pos - kp <= window)
+    cache.doc_start.copy_(doc_start[:, 0])
+    return blk.proj_final(_sdpa_mqa(q, cache.k.to(q.dtype), cache.v.to(q.dtype), mask))
+
+
+class StaticDecoder:
+    """Decode steps of an optimized Model on static buffers, replayed as one CUDA graph.
+
+        dec = StaticDecoder(model, cache, capacity=cache.length + 256)   # after prefill
+        logits = dec.step(tokens, segment_pos)     # int [b, 1] each; as model.decode, in place
+        dec.load(other_cache)                      # restart from another cache of this batch
+
+    Every step runs the same kernels on the same addresses: the stream position is a device
+    tensor, local attention a ring buffer of window + 1 slots, global attention a buffer of
+    `capacity` slots allocated up front (so no step allocates or syncs). On a CUDA device the
+    first step is run once eagerly (compiling the Triton kernels) on a copy of the state, then
+    captured; later steps replay the graph. The returned logits are a static buffer that the
+    next step overwrites. Elsewhere (CPU) the same step runs eagerly.
+    """
+
+    def __init__(self, model, cache, capacity: int | None = None):
+        from models.torch.blocks import AttentionCache
+
+        self.model = model
+        self.capacity = capacity or cache.length + 256
+        window = model.config.attention_window
+        blocks = []
+        for c in cache.blocks:
+            if isinstance(c, AttentionCache):
+                n = window + 1 if window is not None else self.capacity
+                blocks.append(
+                    AttentionCache(
+                        k=c.k.new_zeros(c.k.shape[0], n, c.k.shape[2]),
+                        v=c.v.new_zeros(c.v.shape[0], n, c.v.shape[2]),
+                        pos=c.pos.new_full((n,), -1),
+                        doc_start=c.doc_start.clone(),
+                    )
+                )
+            else:
+                blocks.append(type(c)(c.rg_lru.clone(), c.conv.clone()))
+        self.blocks = blocks
+        batch = cache.batch_size
+        device = model.embedder.input_embedding.device
+        self.length = torch.zeros((), dtype=torch.long, device=device)
+        self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.segment_pos = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.graph = None
+        self.logits = None
+        self.load(cache)
+
+    @property
+    def batch_size(self) -> int:
+        return self.tokens.shape[0]
+
+    def load(self, cache) -> None:
+        """Copy a cache (from prefill or decode, optimized layout) into the static buffers."""
+        from models.torch.blocks import AttentionCache
+
+        if cache.batch_size != self.batch_size:
+            raise ValueError(
+                f"this decoder holds a batch of {self.batch_size}, the cache {cache.batch_size}"
+            )
+        if cache.length + 1 > self.capacity:
+            raise ValueError(
+                f"the cache holds {cache.length} tokens; this decoder has room for "
+                f"{self.capacity}: build one with a larger capacity"
+            )
+        window = self.model.config.attention_window
+        for mine, c in zip(self.blocks, cache.blocks, strict=True):
+            if isinstance(mine, AttentionCache):
+                n = c.k.shape[1]
+                if window is not None and n != window + 1:
+                    raise ValueError(
+                        f"a local-attention cache of {n} slots: StaticDecoder takes the "
+                        f"optimized layout (window + 1 = {window + 1} slots), from an "
+                        "impl='optimized' prefill"
+                    )
+                mine.pos.fill_(-1)  # a global cache's tokens live in slots 0 .. n-1
+                mine.k[:, :n].copy_(c.k)
+                mine.v[:, :n].copy_(c.v)
+                mine.pos[:n].copy_(c.pos)
+                mine.doc_start.copy_(c.doc_start)
+            else:
+                mine.rg_lru.copy_(c.rg_lru)
+                mine.conv.copy_(c.conv)
+        self.length.fill_(cache.length)
+        self.host_length = cache.length
+
+    def _step(self) -> torch.Tensor:
+        from models.config import RECURRENT
+
+        m = self.model
+        x = m.embed(self.tokens)
+        for blk, c in zip(m.blocks, self.blocks, strict=True):
+            h = blk.temporal_pre_norm(x)
+            if blk.kind == RECURRENT:
+                mixed, _ = recurrent_forward(blk.temporal_block, h, self.segment_pos, c, False)
+            else:
+                mixed = _attention_step_static(
+                    blk.temporal_block, h, self.segment_pos, c, self.length
+                )
+            residual = mixed + x
+            x = blk.mlp_block(blk.channel_pre_norm(residual)) + residual
+        self.length += 1
+        return m.logits(x)
+
+    def _state(self) -> list[torch.Tensor]:
+        out = [self.length]
+        for c in self.blocks:
+            out += [getattr(c, f) for f in c.__dataclass_fields__]
+        return out
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, segment_pos: torch.Tensor) -> torch.Tensor:
+        if tokens.shape != self.tokens.shape or segment_pos.shape != self.segment_pos.shape:
+            raise ValueError(
+                f"tokens and segment_pos must be [{self.batch_size}, 1]; got "
+                f"{list(tokens.shape)}, {list(segment_pos.shape)}"
+            )
+        if self.host_length + 1 > self.capacity:
+            raise ValueError(f"this decoder is full ({self.capacity} tokens)")
+        self.tokens.copy_(tokens)
+        self.segment_pos.copy_(segment_pos)
+        self.host_length += 1
+        if not self.tokens.is_cuda:
+            return self._step()
+        if self.graph is None:
+            saved = [t.clone() for t in self._state()]
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._step()  # compiles the kernels, warms cuBLAS
+            torch.cuda.current_stream().wait_stream(stream)
+            for t, s in zip(self._state(), saved, strict=True):
+                t.copy_(s)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = self._step()
+        self.graph.replay()
+        return self.logits
+
+    def cache(self):
+        """The state as a Cache (sharing the static buffers)."""
+        from models.torch.model import Cache
+
+        return Cache(self.blocks, self.host_length)
