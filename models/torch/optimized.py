@@ -301,10 +301,12 @@ class StaticDecoder:
                         f"optimized layout (window + 1 = {window + 1} slots), from an "
                         "impl='optimized' prefill"
                     )
-                mine.pos.fill_(-1)  # a global cache's tokens live in slots 0 .. n-1
-                mine.k[:, :n].copy_(c.k)
-                mine.v[:, :n].copy_(c.v)
-                mine.pos[:n].copy_(c.pos)
+                if window is None:  # global: token i lives in slot i; the rest is empty
+                    n = cache.length
+                    mine.pos.fill_(-1)
+                mine.k[:, :n].copy_(c.k[:, :n])
+                mine.v[:, :n].copy_(c.v[:, :n])
+                mine.pos[:n].copy_(c.pos[:n])
                 mine.doc_start.copy_(c.doc_start)
             else:
                 mine.rg_lru.copy_(c.rg_lru)

@@ -1,0 +1,64 @@
+"""Profile the optimized torch model on the GPU: prefill, one eager decode step and a training
+step of a preset, random weights, bf16. Prints the kernels that take the most GPU time.
+
+    python -m bench.probes.profile_model [--model recurrentgemma-2b] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench.impls.base import torch_train_step
+from models.config import preset
+from models.torch import Model
+
+
+def run(name, fn, out: Path | None, rows: int = 18) -> None:
+    for _ in range(2):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(
+        sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70
+    )
+    print(f"== {name}\n{table}", flush=True)
+    if out:
+        (out / f"{name}.txt").write_text(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="recurrentgemma-2b")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    out = Path(args.out) if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    m = Model(preset(args.model), impl="optimized", device="cuda", dtype=torch.bfloat16).eval()
+    tokens = torch.randint(0, m.config.vocab_size, (1, 2048), device="cuda")
+    pos = torch.arange(2048, device="cuda")[None]
+    with torch.no_grad():
+        run(f"{args.model}-prefill", lambda: m.prefill(tokens, pos, logits="last"), out)
+        _, cache = m.prefill(tokens, pos, logits="last")
+        from models.torch.optimized import copy_cache
+
+        run(
+            f"{args.model}-decode-eager",
+            lambda: m.decode(tokens[:, :1], pos[:, :1] + 2048, copy_cache(cache)),
+            out,
+        )
+    step, restore = torch_train_step(m, m)
+    targets = torch.roll(tokens, -1, 1)
+    run(f"{args.model}-train-b1", lambda: step(tokens, pos, targets), out)
+    restore()
+
+
+if __name__ == "__main__":
+    main()
