@@ -203,6 +203,7 @@ class ResidualBlock(nn.Module):
     ):
         super().__init__()
         self.kind = kind
+        self.impl = impl
         self.temporal_pre_norm = layers.RMSNorm(cfg.width, cfg.norm_eps, device=device, dtype=dtype)
         if kind == RECURRENT:
             self.recurrent_block = RecurrentBlock(cfg, device=device, dtype=dtype, impl=impl)
@@ -223,4 +224,7 @@ class ResidualBlock(nn.Module):
             self.temporal_pre_norm(x), segment_pos, cache, length, return_cache
         )
         residual = mixed + x
-        return self.mlp_block(self.channel_pre_norm(residual)) + residual, new_cache
+        normed = self.channel_pre_norm(residual)
+        if self.impl == "optimized":
+            return optimized.mlp_forward(self.mlp_block, normed) + residual, new_cache
+        return self.mlp_block(normed) + residual, new_cache

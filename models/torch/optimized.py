@@ -40,6 +40,26 @@ def check_device(x: torch.Tensor) -> None:
         )
 
 
+def mlp_forward(mlp, x: torch.Tensor) -> torch.Tensor:
+    """MLPBlock.forward as two matmuls on the halves of ffw_up.w [2, d, m] (the einsum of the
+    reference path copies the whole weight into a new layout on every call)."""
+    from models.torch.layers import gelu
+
+    up = mlp.ffw_up
+    gate, lin = x @ up.w[0], x @ up.w[1]
+    if up.b is not None:
+        gate, lin = gate + up.b[0], lin + up.b[1]
+    return mlp.ffw_down(gelu(gate) * lin)
+
+
+def block_diagonal(lin, x: torch.Tensor) -> torch.Tensor:
+    """BlockDiagonalLinear.forward as one strided batched matmul (no copy of x or w)."""
+    h = lin.num_blocks
+    xb = x.reshape(-1, h, x.shape[-1] // h).transpose(0, 1)  # [h, N, i], a view
+    y = torch.baddbmm(lin.b[:, None, :], xb, lin.w)  # [h, N, j]
+    return y.transpose(0, 1).reshape(x.shape)
+
+
 def recurrent_forward(blk, x, segment_pos, cache, return_cache):
     """RecurrentBlock.forward on the kernels. x: [b, t, d] -> ([b, t, d], cache or None)."""
     from kernels.conv1d import conv1d, conv1d_step
@@ -56,8 +76,8 @@ def recurrent_forward(blk, x, segment_pos, cache, return_cache):
         xs = conv1d_step(xb[:, 0].contiguous(), conv.w, conv.b, cache.conv, reset)
         hs = rg_lru_step(
             xs,
-            lru.input_gate(xs).contiguous(),
-            lru.a_gate(xs).contiguous(),
+            block_diagonal(lru.input_gate, xs).contiguous(),
+            block_diagonal(lru.a_gate, xs).contiguous(),
             lru.a_param,
             cache.rg_lru,
             reset,
@@ -66,8 +86,8 @@ def recurrent_forward(blk, x, segment_pos, cache, return_cache):
     xb, conv_state = conv1d(xb, conv.w, conv.b, segment_pos, None if cache is None else cache.conv)
     xb, h_last = rg_lru(
         xb,
-        lru.input_gate(xb),
-        lru.a_gate(xb),
+        block_diagonal(lru.input_gate, xb),
+        block_diagonal(lru.a_gate, xb),
         lru.a_param,
         segment_pos,
         None if cache is None else cache.rg_lru,
@@ -328,7 +348,7 @@ class StaticDecoder:
                     blk.temporal_block, h, self.segment_pos, c, self.length
                 )
             residual = mixed + x
-            x = blk.mlp_block(blk.channel_pre_norm(residual)) + residual
+            x = mlp_forward(blk.mlp_block, blk.channel_pre_norm(residual)) + residual
         self.length += 1
         return m.logits(x)
 
