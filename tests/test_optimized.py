@@ -11,7 +11,7 @@ from util import inputs, randomize_zeros_, rel_err
 
 from models.config import preset
 from models.torch import Model
-from models.torch.optimized import StaticDecoder, copy_cache
+from models.torch.optimized import StaticDecoder, chunked_loss, copy_cache
 
 CASES = {
     "hawk-tiny": preset("hawk-tiny"),
@@ -128,3 +128,17 @@ def test_static_decoder_equals_reference_forward(name, prompt):
                 assert rel_err(logits, full[:, t : t + 1]) <= TOL, f"decode step {t}"
         with pytest.raises(ValueError, match="this decoder is full"):
             dec.step(tokens[:, :1], pos[:, :1])
+
+
+def test_chunked_loss_equals_the_full_loss_and_its_gradients():
+    _, opt = pair(CASES["griffin-tiny"])
+    opt.train()
+    tokens, pos = data(2, 13, 256, {0: [5]}, seed=4)
+    targets = torch.roll(tokens, -1, dims=1)
+    full = torch.nn.functional.cross_entropy(opt(tokens, pos).flatten(0, 1), targets.flatten())
+    grads_full = torch.autograd.grad(full, list(opt.parameters()))
+    chunked = chunked_loss(opt, tokens, pos, targets, chunk_tokens=7)  # 26 tokens: 4 chunks
+    grads_chunked = torch.autograd.grad(chunked, list(opt.parameters()))
+    assert abs(chunked.item() - full.item()) <= 1e-5 * abs(full.item())
+    for (name, _), g, r in zip(opt.named_parameters(), grads_chunked, grads_full, strict=True):
+        assert rel_err(g, r) <= TOL, name

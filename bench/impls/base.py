@@ -38,11 +38,13 @@ def tree_nbytes(obj) -> int:
     return 0
 
 
-def torch_train_step(model, logits_fn):
+def torch_train_step(model, logits_fn, loss_fn=None):
     """A training step for a torch module: forward, float32 cross-entropy, backward, AdamW.
 
     Weights stay in their dtype (bf16 training without fp32 master weights, the same for every
-    torch implementation). Returns (step, restore).
+    torch implementation). `loss_fn(tokens, pos, targets) -> mean loss`, when given, replaces
+    logits_fn + cross-entropy (e.g. a chunked loss that never holds all logits). Returns
+    (step, restore).
     """
     import torch
     import torch.nn.functional as F
@@ -54,8 +56,11 @@ def torch_train_step(model, logits_fn):
     model.train()
 
     def step(tokens, pos, targets):
-        logits = logits_fn(tokens, pos)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        if loss_fn is not None:
+            loss = loss_fn(tokens, pos, targets)
+        else:
+            logits = logits_fn(tokens, pos)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -1,6 +1,7 @@
 """ours-torch-optimized: models.torch.Model(impl="optimized") on the source model's weights.
 
-Decode runs through models.torch.optimized.StaticDecoder: on a GPU each step is one CUDA-graph
+Training uses models.torch.optimized.chunked_loss (no [b, t, vocab] logits in memory). Decode runs
+through models.torch.optimized.StaticDecoder: on a GPU each step is one CUDA-graph
 replay over static caches (one decoder per batch size, reloaded from the prefilled cache by
 `fresh`); on the CPU the same step runs eagerly.
 """
@@ -39,6 +40,15 @@ class Handle(ours_torch.Handle):
         if isinstance(cache, StaticDecoder):
             return cache.step(token, pos), cache
         return super().decode(token, pos, cache)
+
+    def train_step(self):
+        from bench.impls.base import torch_train_step
+        from models.torch.optimized import chunked_loss
+
+        model = self.model
+        return torch_train_step(
+            model, model, lambda tokens, pos, targets: chunked_loss(model, tokens, pos, targets)
+        )
 
     def cache_nbytes(self, cache) -> int:
         from models.torch.optimized import StaticDecoder

@@ -115,7 +115,8 @@ class Model(nn.Module):
         cap = self.config.logits_soft_cap
         return torch.tanh(logits / cap) * cap if cap else logits
 
-    def _run(self, tokens, segment_pos, cache: Cache | None, return_cache: bool, logits="all"):
+    def _blocks(self, tokens, segment_pos, cache: Cache | None, return_cache: bool):
+        """The residual stream after the last block, [b, t, d], and the new cache."""
         check_inputs(tokens, segment_pos)
         x = self.embed(tokens)
         length = 0 if cache is None else cache.length
@@ -126,7 +127,15 @@ class Model(nn.Module):
             )
             new_blocks.append(c)
         new_cache = Cache(new_blocks, length + tokens.shape[1]) if return_cache else None
+        return x, new_cache
+
+    def _run(self, tokens, segment_pos, cache: Cache | None, return_cache: bool, logits="all"):
+        x, new_cache = self._blocks(tokens, segment_pos, cache, return_cache)
         return self.logits(x if logits == "all" else x[:, -1:]), new_cache
+
+    def features(self, tokens: torch.Tensor, segment_pos: torch.Tensor) -> torch.Tensor:
+        """The residual stream after the last block ([b, t, d]); `logits(features)` = forward."""
+        return self._blocks(tokens, segment_pos, None, return_cache=False)[0]
 
     # -- public API -----------------------------------------------------------------------------
 

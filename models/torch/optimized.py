@@ -392,3 +392,23 @@ class StaticDecoder:
         from models.torch.model import Cache
 
         return Cache(self.blocks, self.host_length)
+
+
+def _chunk_loss(model, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model.logits(h).float(), targets, reduction="sum")
+
+
+def chunked_loss(model, tokens, segment_pos, targets, chunk_tokens: int = 4096) -> torch.Tensor:
+    """Mean float32 next-token cross-entropy without the [b, t, vocab] logits in memory: the
+    output layer and the loss run chunk by chunk of tokens, each chunk's logits recomputed in
+    the backward pass (activation checkpointing) instead of stored. Equals
+    F.cross_entropy(model(tokens, segment_pos).float().flatten(0, 1), targets.flatten())."""
+    from torch.utils.checkpoint import checkpoint
+
+    h = model.features(tokens, segment_pos).flatten(0, 1)
+    flat = targets.flatten()
+    total = h.new_zeros((), dtype=torch.float32)
+    for i in range(0, h.shape[0], chunk_tokens):
+        part = (h[i : i + chunk_tokens], flat[i : i + chunk_tokens])
+        total = total + checkpoint(_chunk_loss, model, *part, use_reentrant=False)
+    return total / h.shape[0]
