@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from kernels.conv1d import conv1d, conv1d_ref, conv1d_step, conv1d_step_ref
+from kernels.fused import gelu_mul, gelu_mul_ref, rms_norm, rms_norm_ref
 from kernels.rglru import rg_lru, rg_lru_ref, rg_lru_step, rg_lru_step_ref
 from kernels.scan import linear_scan, linear_scan_ref
 
@@ -142,6 +143,35 @@ def test_conv1d(shape, dtype, with_state):
     check_grads(
         {n: (g.grad, r.grad) for n, g, r in zip(names, (x, w, bias), ref_in, strict=True)}, dtype
     )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(2, 37, 45), (1, 1, 3), (3, 21, 130)], ids=str)
+def test_rms_norm(shape, dtype):
+    x = leaf(*shape, dtype=dtype, scale=3.0)
+    scale = leaf(shape[-1], dtype=dtype, scale=0.5)
+    y = rms_norm(x, scale, 1e-6)
+    ref_in = [v.detach().double().requires_grad_() for v in (x, scale)]
+    y_ref = rms_norm_ref(*ref_in, 1e-6)
+    assert y.dtype == dtype and rel(y, y_ref) <= TOL[dtype]
+    gy = torch.randn(shape, device=DEVICE)
+    (y.float() * gy).sum().backward()
+    (y_ref * gy.double()).sum().backward()
+    check_grads({"dx": (x.grad, ref_in[0].grad), "dscale": (scale.grad, ref_in[1].grad)}, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(2, 37, 45), (1, 1, 3), (3, 500, 7)], ids=str)
+def test_gelu_mul(shape, dtype):
+    gate, up = leaf(*shape, dtype=dtype, scale=3.0), leaf(*shape, dtype=dtype)
+    z = gelu_mul(gate, up)
+    ref_in = [v.detach().double().requires_grad_() for v in (gate, up)]
+    z_ref = gelu_mul_ref(*ref_in)
+    assert z.dtype == dtype and rel(z, z_ref) <= TOL[dtype]
+    gz = torch.randn(shape, device=DEVICE)
+    (z.float() * gz).sum().backward()
+    (z_ref * gz.double()).sum().backward()
+    check_grads({"dgate": (gate.grad, ref_in[0].grad), "dup": (up.grad, ref_in[1].grad)}, dtype)
 
 
 @pytest.mark.parametrize("t", [1, 2, 3, 5])

@@ -220,11 +220,15 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x, segment_pos, cache, length: int, return_cache: bool):
         """x: [b, t, d] -> ([b, t, d], new cache or None)."""
+        if self.impl == "optimized":
+            mixed, new_cache = self.temporal_block(
+                optimized.norm(self.temporal_pre_norm, x), segment_pos, cache, length, return_cache
+            )
+            residual = mixed + x
+            normed = optimized.norm(self.channel_pre_norm, residual)
+            return optimized.mlp_forward(self.mlp_block, normed) + residual, new_cache
         mixed, new_cache = self.temporal_block(
             self.temporal_pre_norm(x), segment_pos, cache, length, return_cache
         )
         residual = mixed + x
-        normed = self.channel_pre_norm(residual)
-        if self.impl == "optimized":
-            return optimized.mlp_forward(self.mlp_block, normed) + residual, new_cache
-        return self.mlp_block(normed) + residual, new_cache
+        return self.mlp_block(self.channel_pre_norm(residual)) + residual, new_cache

@@ -111,7 +111,13 @@ class Model(nn.Module):
         return x if scale is None else x * scale
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:  # [b, t, d] -> [b, t, v]
-        logits = self.final_norm(x) @ self.embedder.input_embedding.T
+        if self.impl == "optimized":
+            from models.torch.optimized import norm
+
+            normed = norm(self.final_norm, x)
+        else:
+            normed = self.final_norm(x)
+        logits = normed @ self.embedder.input_embedding.T
         cap = self.config.logits_soft_cap
         return torch.tanh(logits / cap) * cap if cap else logits
 

@@ -40,16 +40,24 @@ def check_device(x: torch.Tensor) -> None:
         )
 
 
+def norm(module, x: torch.Tensor) -> torch.Tensor:
+    """An RMSNorm module's function as one fused kernel (kernels.fused.rms_norm)."""
+    from kernels.fused import rms_norm
+
+    return rms_norm(x, module.scale, module.eps)
+
+
 def mlp_forward(mlp, x: torch.Tensor) -> torch.Tensor:
     """MLPBlock.forward as two matmuls on the halves of ffw_up.w [2, d, m] (the einsum of the
-    reference path copies the whole weight into a new layout on every call)."""
-    from models.torch.layers import gelu
+    reference path copies the whole weight into a new layout on every call) and one fused
+    gelu(gate) * up kernel."""
+    from kernels.fused import gelu_mul
 
     up = mlp.ffw_up
     gate, lin = x @ up.w[0], x @ up.w[1]
     if up.b is not None:
         gate, lin = gate + up.b[0], lin + up.b[1]
-    return mlp.ffw_down(gelu(gate) * lin)
+    return mlp.ffw_down(gelu_mul(gate, lin))
 
 
 def block_diagonal(lin, x: torch.Tensor) -> torch.Tensor:
@@ -63,13 +71,13 @@ def block_diagonal(lin, x: torch.Tensor) -> torch.Tensor:
 def recurrent_forward(blk, x, segment_pos, cache, return_cache):
     """RecurrentBlock.forward on the kernels. x: [b, t, d] -> ([b, t, d], cache or None)."""
     from kernels.conv1d import conv1d, conv1d_step
+    from kernels.fused import gelu_mul
     from kernels.rglru import rg_lru, rg_lru_step
     from models.torch.blocks import RecurrentCache
-    from models.torch.layers import gelu
 
     check_device(x)
     conv, lru = blk.conv_1d, blk.rg_lru
-    y = gelu(blk.linear_y(x))
+    y = blk.linear_y(x)  # the gelu is fused into the product below
     xb = blk.linear_x(x)
     if cache is not None and x.shape[1] == 1 and not torch.is_grad_enabled():
         reset = segment_pos[:, 0] == 0
@@ -82,7 +90,7 @@ def recurrent_forward(blk, x, segment_pos, cache, return_cache):
             cache.rg_lru,
             reset,
         )
-        return blk.linear_out(hs[:, None] * y), cache if return_cache else None
+        return blk.linear_out(gelu_mul(y, hs[:, None])), cache if return_cache else None
     xb, conv_state = conv1d(xb, conv.w, conv.b, segment_pos, None if cache is None else cache.conv)
     xb, h_last = rg_lru(
         xb,
@@ -92,7 +100,7 @@ def recurrent_forward(blk, x, segment_pos, cache, return_cache):
         segment_pos,
         None if cache is None else cache.rg_lru,
     )
-    out = blk.linear_out(xb * y)
+    out = blk.linear_out(gelu_mul(y, xb))
     return out, RecurrentCache(h_last, conv_state) if return_cache else None
 
 
@@ -340,7 +348,7 @@ class StaticDecoder:
         m = self.model
         x = m.embed(self.tokens)
         for blk, c in zip(m.blocks, self.blocks, strict=True):
-            h = blk.temporal_pre_norm(x)
+            h = norm(blk.temporal_pre_norm, x)
             if blk.kind == RECURRENT:
                 mixed, _ = recurrent_forward(blk.temporal_block, h, self.segment_pos, c, False)
             else:
@@ -348,7 +356,7 @@ class StaticDecoder:
                     blk.temporal_block, h, self.segment_pos, c, self.length
                 )
             residual = mixed + x
-            x = mlp_forward(blk.mlp_block, blk.channel_pre_norm(residual)) + residual
+            x = mlp_forward(blk.mlp_block, norm(blk.channel_pre_norm, residual)) + residual
         self.length += 1
         return m.logits(x)
 
