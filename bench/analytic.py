@@ -64,6 +64,12 @@ def train_flops(cfg: ModelConfig, batch: int, t: int) -> float:
     return 3 * forward_flops(cfg, batch, 0, t, t)
 
 
+def train_state_bytes(cfg: ModelConfig, dtype: str) -> int:
+    """Memory a training step holds before any activation: weights, gradients and AdamW's two
+    moments, all in the parameter dtype (as every implementation here trains)."""
+    return 4 * weight_bytes(cfg, dtype)
+
+
 def train_weight_bytes(cfg: ModelConfig, dtype: str) -> int:
     """Weight-related bytes of one AdamW training step, a floor that leaves activations out:
     weights read in the forward and the backward pass, gradients written and read, and AdamW's

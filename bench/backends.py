@@ -27,6 +27,12 @@ class TorchBackend:
 
         return torch.as_tensor(array, dtype=torch.long, device=self.device)
 
+    def device_memory_bytes(self) -> int | None:
+        """The accelerator's memory (None on the CPU: no limit checked)."""
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory if self.on_gpu else None
+
     def to_numpy(self, x) -> np.ndarray:
         return x.detach().float().cpu().numpy()
 
@@ -84,6 +90,14 @@ class JaxBackend:
         import jax.numpy as jnp
 
         return jnp.asarray(array, dtype=jnp.int32)
+
+    def device_memory_bytes(self) -> int | None:
+        """The accelerator's memory (None on the CPU or when XLA does not say)."""
+        import jax
+
+        if not self.device.startswith("cuda"):
+            return None
+        return (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
 
     def to_numpy(self, x) -> np.ndarray:
         return np.asarray(x, dtype=np.float32)

@@ -181,6 +181,14 @@ class TrainStep(Workload):
         return handle.backend.to_numpy(handle.prefill(tokens, pos)[0])
 
     def measure(self, handle, cfg, p, dtype, seed, tcfg: TimingConfig) -> Measurement:
+        need = analytic.train_state_bytes(cfg, dtype)
+        have = handle.backend.device_memory_bytes()
+        if have is not None and need > have:  # recorded as `oom`, with the reason
+            raise MemoryError(
+                f"needs several GPUs: training {cfg.name} in {dtype} holds {need / 1e9:.1f} GB "
+                f"of weights, gradients and AdamW moments before any activation; this device "
+                f"has {have / 1e9:.1f} GB"
+            )
         tokens, pos, targets = self._inputs(handle, cfg, p, seed)
         step, restore = handle.train_step()
         try:

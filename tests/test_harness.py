@@ -202,6 +202,22 @@ prompt = [8, 16, 24]
     assert status[16]["status"] == "error" and "no result within 20 s" in status[16]["error"]
 
 
+def test_training_a_model_larger_than_the_device_records_needs_several_gpus(monkeypatch, tmp_path):
+    from bench.backends import TorchBackend
+
+    monkeypatch.setattr(TorchBackend, "device_memory_bytes", lambda self: 10**6)  # 1 MB "GPU"
+    body = """
+[[case]]
+workload = "train_step"
+models = ["griffin-tiny"]
+impls = ["ours-torch-reference"]
+batch = 1
+seq_len = 8
+"""
+    (rec,) = run_suite(write_suite(tmp_path, body), tmp_path / "out.jsonl")
+    assert rec["status"] == "oom" and "needs several GPUs: training griffin-tiny" in rec["error"]
+
+
 def test_missing_dependency_is_unavailable_not_a_fallback(monkeypatch, tmp_path):
     ghost = catalog.Implementation(
         "ghost", "torch", "bench.impls.ours_torch", ("no_such_module_xyz",), "peer", "test"
