@@ -2,8 +2,8 @@
 
 Training uses models.torch.optimized.chunked_loss (no [b, t, vocab] logits in memory). Decode runs
 through models.torch.optimized.StaticDecoder: on a GPU each step is one CUDA-graph
-replay over static caches (one decoder per batch size, reloaded from the prefilled cache by
-`fresh`); on the CPU the same step runs eagerly.
+replay over static caches (one decoder at a time, reloaded from the prefilled cache by `fresh`,
+rebuilt when the batch size changes); on the CPU the same step runs eagerly.
 """
 
 from __future__ import annotations
@@ -21,15 +21,21 @@ def supports(cfg) -> str | None:
 class Handle(ours_torch.Handle):
     def __init__(self, model, backend):
         super().__init__(model, backend)
-        self._decoders = {}
+        self._decoder = None  # one at a time: a throughput sweep would otherwise keep them all
 
     def fresh(self, cache):
         from models.torch.optimized import StaticDecoder
 
-        dec = self._decoders.get(cache.batch_size)
-        if dec is None or cache.length + DECODE_ROOM > dec.capacity:
+        dec = self._decoder
+        if (
+            dec is None
+            or dec.batch_size != cache.batch_size
+            or cache.length + DECODE_ROOM > dec.capacity
+        ):
+            self._decoder = dec = None  # free the old buffers and graph first
+            self.backend.free()
             dec = StaticDecoder(self.model, cache, capacity=cache.length + DECODE_ROOM)
-            self._decoders[cache.batch_size] = dec
+            self._decoder = dec
         else:
             dec.load(cache)
         return dec
