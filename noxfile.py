@@ -1,13 +1,16 @@
-"""Sessions: `nox -s lint tests` (CI runs exactly this), `nox -s bench` (the default suite and its
-HTML report), `nox -s report` (the reports of the committed GPU results).
+"""Sessions: `nox -s lint tests regress` (CI runs exactly this), `nox -s bench` (the default suite
+and its HTML report), `nox -s report` (the reports of the committed GPU results).
 
 Every session installs the CPU wheel of torch first, so that nothing pulls a multi-GB CUDA build;
 on a GPU machine run the suite with `python -m bench run SUITE` in an environment with CUDA torch.
 """
 
+import shutil
+from pathlib import Path
+
 import nox
 
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests", "regress"]
 nox.options.reuse_existing_virtualenvs = True
 
 TORCH_CPU = "torch==2.13.0"
@@ -45,3 +48,19 @@ def report(session: nox.Session) -> None:
     """reports/DEVICE-SUITE.html for every committed results/DEVICE/SUITE.jsonl (or posargs)."""
     install(session, "report")
     session.run("python", "-m", "bench", "report", *(session.posargs or ["--all"]))
+
+
+@nox.session
+def regress(session: nox.Session) -> None:
+    """The kernel-speed gate (bench/regress.py): pytest-benchmark on this device, then the check
+    against its stored baseline and the same-run ratios. Arguments go to the check:
+    `-- --save-baseline` stores this run as the device's baseline, `-- --threshold 0.05`."""
+    install(session, "jax,peers,test,triton")
+    out = "results/local/regress-run.json"
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    env = {} if shutil.which("nvidia-smi") else {"JAX_PLATFORMS": "cpu"}
+    session.run(
+        "pytest", "-q", "-p", "no:cacheprovider", "--regress", "tests/regress",
+        f"--benchmark-json={out}", env=env,
+    )  # fmt: skip
+    session.run("python", "-m", "bench.regress", "check", out, *session.posargs, env=env)

@@ -18,3 +18,30 @@ if not torch.cuda.is_available():
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--regress",
+        action="store_true",
+        help="run the kernel-speed benchmarks of tests/regress (nox -s regress)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--regress"):
+        return
+    skip = pytest.mark.skip(reason="kernel-speed benchmarks: nox -s regress (pytest --regress)")
+    for item in items:
+        if "regress" in item.path.parts:
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """The device and its baseline key, for `python -m bench.regress check`."""
+    from bench import regress
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    machine_info["griffin_device"] = device
+    machine_info["griffin_device_key"] = regress.device_key(device)

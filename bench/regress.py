@@ -1,0 +1,266 @@
+"""The kernel-speed regression gate: cases, device keys, baselines and the check.
+
+    nox -s regress                        # measure (pytest-benchmark), compare, fail on a slowdown
+    nox -s regress -- --save-baseline     # measure and store this device's baseline
+    python -m bench.regress check RUN.json [--threshold 0.10] [--save-baseline]
+
+The measurements are pytest-benchmark runs of tests/regress/test_speed.py: every case is a kernel
+implementation of the catalog (the same adapters the `kernels` suite times) on one shape, each
+call synchronised (a GPU's queue drained before the clock stops), warm-up rounds apart, the
+median kept. The check then applies two rules:
+
+1. Against this device's stored baseline (results/baselines/DEVICE_KEY.json, keyed by GPU name,
+   driver and library versions): a case whose median grew by more than `threshold` fails, with
+   the case, the baseline, the new median and the ratio in the message.
+2. Ratios measured in the same run, which hold on any machine: each of our kernels against its
+   `_ref` twin and against the fastest peer. On a GPU the limits are the speed-ups we rely on; on
+   the CPU (Triton's interpreter, tiny shapes) only generous ones, so CI never flakes.
+
+Refresh a baseline deliberately (`--save-baseline`) after a change that is meant to alter speed,
+or on a new device/driver/library version (a new key starts without a baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BASELINES = ROOT / "results" / "baselines"
+THRESHOLD = 0.10
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    op: str  # scan | rglru | conv1d
+    impl: str  # a kernel implementation of bench.catalog
+    backward: int  # 0: forward, 1: forward + backward
+
+    @property
+    def id(self) -> str:
+        return f"{self.op}-{'fwdbwd' if self.backward else 'fwd'}-{self.impl}"
+
+
+# the shape of each form: the GPU's is the kernels suite's; the CPU's runs in the interpreter
+SHAPES = {
+    "cuda": {"batch": 8, "seq_len": 2048, "width": 2560, "dtype": "bfloat16"},
+    "cpu": {"batch": 2, "seq_len": 48, "width": 40, "dtype": "float32"},
+}
+# rounds per case (the torch loops take ~0.1-1 s per call at the GPU shape)
+ROUNDS = {"cuda": (30, 3), "cpu": (5, 10)}  # (kernels, loops)
+
+CASES = [
+    *(Case(op, impl, bw) for op in ("scan", "rglru", "conv1d") for impl in ("ours-triton", "ours-torch-loop") for bw in (0, 1)),
+    *(Case("scan", peer, bw) for peer in ("recurrentgemma-jax-associative", "fla-chunk") for bw in (0, 1)),
+    *(Case("rglru", "torch-unfused-rglru", bw) for bw in (0, 1)),
+]  # fmt: skip
+
+# On the CPU our kernels run in Triton's interpreter, 10^2..10^5 times slower than the native
+# code they are compared with there: those CPU limits only catch a hang or a broken gate. The
+# fused-vs-unfused RG-LRU ratio compares two interpreted paths and keeps a real (generous) limit.
+CPU_LIMIT = 1e6
+# (numerator, denominator(s): the fastest of them, max ratio on a GPU, max ratio on the CPU)
+RATIOS = [
+    *(
+        (f"{op}-{m}-ours-triton", [f"{op}-{m}-ours-torch-loop"], 0.05, CPU_LIMIT)
+        for op in ("scan", "rglru", "conv1d")
+        for m in ("fwd", "fwdbwd")
+    ),
+    ("scan-fwd-ours-triton", ["scan-fwd-recurrentgemma-jax-associative", "scan-fwd-fla-chunk"], 0.33, CPU_LIMIT),
+    ("scan-fwdbwd-ours-triton", ["scan-fwdbwd-recurrentgemma-jax-associative", "scan-fwdbwd-fla-chunk"], 0.33, CPU_LIMIT),
+    ("rglru-fwdbwd-ours-triton", ["rglru-fwdbwd-torch-unfused-rglru"], 0.2, 3.0),
+]  # fmt: skip
+
+
+def form(device: str) -> str:
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
+def device_key(device: str) -> str:
+    """GPU name + driver + torch / triton / jax versions (the CPU model on the CPU)."""
+    from bench import env
+
+    versions = env.versions()
+    libs = "-".join(
+        f"{k}{versions[k]}" for k in ("torch", "triton", "jax") if versions.get(k)
+    )  # fmt: skip
+    if form(device) == "cuda":
+        gpu = env.gpu_static() or {}
+        head = f"{gpu.get('name', 'gpu')}-driver{gpu.get('driver', 'unknown')}"
+    else:
+        head = "cpu-" + (env.collect("cpu").get("cpu") or "unknown")
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", f"{head}-{libs}").strip("_")
+
+
+def medians(bench_json: dict) -> dict[str, float]:
+    """case id -> median seconds, from a pytest-benchmark JSON file's benchmarks."""
+    out = {}
+    for b in bench_json.get("benchmarks", []):
+        case = (b.get("extra_info") or {}).get("case") or b["name"]
+        out[case] = float(b["stats"]["median"])
+    return out
+
+
+def check(
+    run: dict[str, float],
+    baseline: dict[str, float] | None,
+    device: str,
+    threshold: float = THRESHOLD,
+    key: str = "",
+) -> tuple[list[str], list[str]]:
+    """(failures, notes): slowdowns against the baseline and same-run ratio violations."""
+    failures, notes = [], []
+    if baseline:
+        for case, new in sorted(run.items()):
+            base = baseline.get(case)
+            if base is None:
+                notes.append(f"{case}: no baseline median on {key}")
+                continue
+            ratio = new / base
+            line = (
+                f"{case}: median {new * 1e3:.4f} ms vs baseline {base * 1e3:.4f} ms on {key}: "
+                f"{ratio:.2f}x"
+            )
+            if ratio > 1 + threshold:
+                failures.append(f"{line}, slower by more than the {threshold:.0%} threshold")
+            else:
+                notes.append(line)
+    else:
+        notes.append(f"no baseline for {key}: only the same-run ratios are checked")
+    column = 2 if form(device) == "cuda" else 3
+    for rule in RATIOS:
+        num, dens, limit = rule[0], rule[1], rule[column]
+        have = [d for d in dens if d in run]
+        if num not in run or not have:
+            continue  # a case not measured here (e.g. a GPU-only peer on the CPU)
+        den = min(have, key=lambda d: run[d])
+        r = run[num] / run[den]
+        line = f"{num} / {den} = {r:.3f} (allowed <= {limit:g})"
+        (failures if r > limit else notes).append(line)
+    return failures, notes
+
+
+def baseline_path(key: str, directory: Path = BASELINES) -> Path:
+    return directory / f"{key}.json"
+
+
+def load_baseline(key: str, directory: Path = BASELINES) -> dict[str, float] | None:
+    path = baseline_path(key, directory)
+    return json.loads(path.read_text())["medians_s"] if path.exists() else None
+
+
+def save_baseline(key: str, run: dict[str, float], directory: Path = BASELINES) -> Path:
+    from bench import env
+
+    path = baseline_path(key, directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "device_key": key,
+        "saved": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git_sha": env.git_sha(),
+        "medians_s": dict(sorted(run.items())),
+    }
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.regress")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check", help="compare a pytest-benchmark run with this device's baseline")
+    p.add_argument("run", help="the --benchmark-json file of tests/regress")
+    p.add_argument("--threshold", type=float, default=THRESHOLD, help="allowed slowdown (0.10)")
+    p.add_argument("--save-baseline", action="store_true", help="store this run as the baseline")
+    p.add_argument("--baselines", default=str(BASELINES), help="baseline folder")
+    args = parser.parse_args(argv)
+    doc = json.loads(Path(args.run).read_text())
+    run = medians(doc)
+    if not run:
+        print(f"{args.run}: no benchmarks in this run", file=sys.stderr)
+        return 2
+    device = (doc.get("machine_info") or {}).get("griffin_device", "cpu")
+    key = (doc.get("machine_info") or {}).get("griffin_device_key") or device_key(device)
+    directory = Path(args.baselines)
+    if args.save_baseline:
+        print(f"baseline saved: {save_baseline(key, run, directory)} ({len(run)} cases)")
+        baseline = None
+    else:
+        baseline = load_baseline(key, directory)
+    failures, notes = check(run, baseline, device, args.threshold, key)
+    for line in notes:
+        print("  ok   " + line)
+    for line in failures:
+        print("  FAIL " + line)
+    print(f"{len(failures)} failure(s), {len(run)} cases, device key {key}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+# The kernel bars of issue 4, checked on the committed GPU records (results/*/kernels.jsonl) by
+# the tests: name -> (bar, committed floor). A bar the records meet must stay met; a bar not yet
+# met must not fall below the number committed so far (its floor).
+KERNEL_BARS = {
+    "scan fwd, fraction of copy, T=4096": (0.80, 0.76),
+    "scan fwd, fraction of copy, T=16384": (0.80, 0.80),
+    "scan fwd, x fastest peer, T=4096": (4.0, 3.7),
+    "scan fwd, x fastest peer, T=16384": (4.0, 3.5),
+    "scan fwd+bwd, x fastest peer, T=4096": (3.5, 3.5),
+    "scan fwd+bwd, x fastest peer, T=16384": (3.5, 3.5),
+    "rglru fwd, fraction of its floor, T=4096": (0.70, 0.59),
+    "rglru fwd, fraction of its floor, T=16384": (0.70, 0.49),
+    "rglru fwd+bwd, x unfused torch, T=4096": (5.0, 5.0),
+    "rglru fwd+bwd, x unfused torch, T=16384": (5.0, 5.0),
+}
+
+
+def kernel_bar_values(records: list[dict]) -> dict[str, float]:
+    """The numbers behind KERNEL_BARS from one kernels run's records (B=8, D=2560 points)."""
+    ok = [r for r in records if r.get("status") == "ok" and r["workload"].startswith("kernel_")]
+    by = {}
+    for r in ok:
+        p = r["params"]
+        if p.get("batch") == 8 and p.get("width") == 2560:
+            by[(r["workload"], p["seq_len"], p["backward"], r["impl"])] = r
+
+    def ms(key):
+        return by[key]["timing"]["median_ms"]
+
+    def fastest_peer(op, t, bw):
+        peers = [k for k in by if k[:3] == (op, t, bw) and by[k]["role"] == "peer"]
+        return min(ms(k) for k in peers)
+
+    out = {}
+    for t in (4096, 16384):
+        if ("kernel_scan", t, 0, "ours-triton") in by:
+            out[f"scan fwd, fraction of copy, T={t}"] = by[("kernel_scan", t, 0, "ours-triton")][
+                "metrics"
+            ]["mbu"]
+            out[f"scan fwd, x fastest peer, T={t}"] = fastest_peer("kernel_scan", t, 0) / ms(
+                ("kernel_scan", t, 0, "ours-triton")
+            )
+        if ("kernel_scan", t, 1, "ours-triton") in by:
+            out[f"scan fwd+bwd, x fastest peer, T={t}"] = fastest_peer("kernel_scan", t, 1) / ms(
+                ("kernel_scan", t, 1, "ours-triton")
+            )
+        if ("kernel_rglru", t, 0, "ours-triton") in by:
+            out[f"rglru fwd, fraction of its floor, T={t}"] = by[
+                ("kernel_rglru", t, 0, "ours-triton")
+            ]["metrics"]["mbu"]
+        if ("kernel_rglru", t, 1, "ours-triton") in by and (
+            "kernel_rglru",
+            t,
+            1,
+            "torch-unfused-rglru",
+        ) in by:
+            out[f"rglru fwd+bwd, x unfused torch, T={t}"] = ms(
+                ("kernel_rglru", t, 1, "torch-unfused-rglru")
+            ) / ms(("kernel_rglru", t, 1, "ours-triton"))
+    return out  # fmt: skip

@@ -1,0 +1,57 @@
+"""Kernel-speed benchmarks for the regression gate (`nox -s regress`; see bench/regress.py).
+
+Each case times one kernel implementation of the catalog, built and fed exactly as the `kernels`
+suite does, with pytest-benchmark: warm-up rounds first, each call synchronised, the median
+compared afterwards by `python -m bench.regress check`. Skipped unless pytest runs with --regress.
+GRIFFIN_BENCH_INJECT_SLOWDOWN=CASE_ID runs that case's call twice (the gate's own test).
+"""
+
+import os
+
+import pytest
+import torch
+
+from bench import catalog, regress
+from bench.backends import backend_for
+from bench.kernel_workloads import make_inputs
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+FORM = regress.form(DEVICE)
+
+
+@pytest.mark.parametrize("case", regress.CASES, ids=lambda c: c.id)
+def test_speed(case, benchmark):
+    impl = catalog.implementation(case.impl)
+    if catalog.missing_requirements(impl):
+        pytest.skip(catalog.missing_requirements(impl))
+    adapter = catalog.adapter(impl)
+    reason = adapter.supports(case.op, DEVICE)
+    if reason:
+        pytest.skip(reason)
+    shape = regress.SHAPES[FORM]
+    backend = backend_for(impl.backend, DEVICE)
+    handle = adapter.build(case.op, shape["dtype"], backend)
+    params = {k: shape[k] for k in ("batch", "seq_len", "width")}
+    inputs = make_inputs(case.op, params, 0, DEVICE, shape["dtype"])
+    prepared = handle.prepare(inputs, bool(case.backward))
+    fn, setup = prepared if isinstance(prepared, tuple) else (prepared, None)
+    sync = handle.backend.timer().sync
+    if os.environ.get("GRIFFIN_BENCH_INJECT_SLOWDOWN") == case.id:
+        once = fn
+
+        def fn(*args):
+            once(*args)
+            return once(*args)
+
+    def target(*args):
+        sync(fn(*args))
+
+    rounds, loop_rounds = regress.ROUNDS[FORM]
+    benchmark.extra_info["case"] = case.id
+    benchmark.pedantic(
+        target,
+        setup=(lambda: (setup(), {})) if setup else None,
+        rounds=loop_rounds if "loop" in case.impl else rounds,
+        warmup_rounds=1 if "loop" in case.impl else 3,
+        iterations=1,
+    )
