@@ -37,7 +37,7 @@ THRESHOLD = 0.10
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    op: str  # scan | rglru | conv1d
+    op: str  # scan | rglru | conv1d, or decode (a model's decode step)
     impl: str  # a kernel implementation of bench.catalog
     backward: int  # 0: forward, 1: forward + backward
 
@@ -60,6 +60,15 @@ CASES = [
     *(Case("rglru", "torch-unfused-rglru", bw) for bw in (0, 1)),
 ]  # fmt: skip
 
+# The decode step of a model (one token after a prefill), reference vs optimized model.
+DECODE_SHAPES = {
+    "cuda": {"model": "griffin-400m", "batch": 1, "prompt": 512, "dtype": "bfloat16"},
+    "cpu": {"model": "griffin-tiny", "batch": 1, "prompt": 16, "dtype": "float32"},
+}
+DECODE_CASES = [
+    Case("decode", impl, 0) for impl in ("ours-torch-reference", "ours-torch-optimized")
+]
+
 # On the CPU our kernels run in Triton's interpreter, 10^2..10^5 times slower than the native
 # code they are compared with there: those CPU limits only catch a hang or a broken gate. The
 # fused-vs-unfused RG-LRU ratio compares two interpreted paths and keeps a real (generous) limit.
@@ -74,6 +83,7 @@ RATIOS = [
     ("scan-fwd-ours-triton", ["scan-fwd-recurrentgemma-jax-associative", "scan-fwd-fla-chunk"], 0.33, CPU_LIMIT),
     ("scan-fwdbwd-ours-triton", ["scan-fwdbwd-recurrentgemma-jax-associative", "scan-fwdbwd-fla-chunk"], 0.33, CPU_LIMIT),
     ("rglru-fwdbwd-ours-triton", ["rglru-fwdbwd-torch-unfused-rglru"], 0.2, 3.0),
+    ("decode-fwd-ours-torch-optimized", ["decode-fwd-ours-torch-reference"], 0.5, CPU_LIMIT),
 ]  # fmt: skip
 
 

@@ -55,3 +55,40 @@ def test_speed(case, benchmark):
         warmup_rounds=1 if "loop" in case.impl else 3,
         iterations=1,
     )
+
+
+@pytest.mark.parametrize("impl_name", [c.impl for c in regress.DECODE_CASES])
+def test_decode_step_speed(impl_name, benchmark):
+    """One decode step of a model after a prefill, through the implementation's handle (for the
+    optimized model: one CUDA-graph replay on a GPU), the cache refreshed before every round."""
+    from bench.worker import source_model
+    from bench.workloads import _Generation
+    from models.config import preset
+
+    case = next(c for c in regress.DECODE_CASES if c.impl == impl_name)
+    impl = catalog.implementation(impl_name)
+    if catalog.missing_requirements(impl):
+        pytest.skip(catalog.missing_requirements(impl))
+    shape = regress.DECODE_SHAPES[FORM]
+    cfg = preset(shape["model"])
+    backend = backend_for(impl.backend, DEVICE)
+    handle = catalog.adapter(impl).build(
+        source_model(cfg.name, shape["dtype"], DEVICE), shape["dtype"], backend
+    )
+    gen = _Generation(handle, cfg, shape["batch"], shape["prompt"], 1, seed=0)
+    sync = backend.timer().sync
+    step = gen.pos[0]
+    if os.environ.get("GRIFFIN_BENCH_INJECT_SLOWDOWN") == case.id:
+        pytest.fail("slowdown injection is for the kernel cases")
+
+    def target(cache):
+        sync(handle.decode(gen.first, step, cache)[0])
+
+    benchmark.extra_info["case"] = case.id
+    benchmark.pedantic(
+        target,
+        setup=lambda: ((handle.fresh(gen.cache0),), {}),
+        rounds=regress.ROUNDS[FORM][0],
+        warmup_rounds=2,
+        iterations=1,
+    )
