@@ -44,6 +44,17 @@ class AttentionCache:
 BlockCache = RecurrentCache | AttentionCache
 
 
+def doc_starts(segment_pos, q_pos, cache: AttentionCache | None) -> torch.Tensor:
+    """int [b, t]: the stream index where each query's document starts — its latest reset
+    (segment_pos == 0) at or before it, else the cache's current document start (else 0)."""
+    if cache is None:
+        prev = torch.zeros(segment_pos.shape[0], dtype=torch.long, device=segment_pos.device)
+    else:
+        prev = cache.doc_start
+    reset_at = torch.where(segment_pos == 0, q_pos, -1)
+    return torch.maximum(prev[:, None], torch.cummax(reset_at, dim=1).values)
+
+
 def global_capacity(n_tokens: int) -> int:
     """Slots of a global-attention cache holding n_tokens: the next power of two above, >= 16."""
     return max(16, 1 << n_tokens.bit_length())
@@ -128,18 +139,9 @@ class AttentionBlock(nn.Module):
             return optimized.attention_forward(self, x, segment_pos, cache, length, return_cache)
         cfg = self.cfg
         b, t, _ = x.shape
-        q = self.proj_q(x).unflatten(-1, (cfg.num_heads, cfg.head_dim))
-        k = self.proj_k(x)[:, :, None]
-        q = layers.apply_rope(q, segment_pos, cfg.rope_dims, cfg.rope_base)
-        k = layers.apply_rope(k, segment_pos, cfg.rope_dims, cfg.rope_base)[:, :, 0]
-        v = self.proj_v(x)
-
+        q, k, v = self.project(x, segment_pos)
         q_pos = torch.arange(length, length + t, device=x.device)
-        prev_start = (
-            torch.zeros(b, dtype=torch.long, device=x.device) if cache is None else cache.doc_start
-        )
-        reset_at = torch.where(segment_pos == 0, q_pos, -1)
-        doc_start = torch.maximum(prev_start[:, None], torch.cummax(reset_at, dim=1).values)
+        doc_start = doc_starts(segment_pos, q_pos, cache)
 
         if cache is None:
             keys, values, k_pos = k, v, q_pos
@@ -154,6 +156,15 @@ class AttentionBlock(nn.Module):
         if cache is None:
             cache = self.empty_cache(b, t, x.dtype, x.device)
         return out, self._write(cache, k, v, length, doc_start[:, -1])
+
+    def project(self, x: torch.Tensor, segment_pos: torch.Tensor):
+        """q [b, t, n, h] and the one key/value head k, v [b, t, h], RoPE at segment_pos."""
+        cfg = self.cfg
+        q = self.proj_q(x).unflatten(-1, (cfg.num_heads, cfg.head_dim))
+        k = self.proj_k(x)[:, :, None]
+        q = layers.apply_rope(q, segment_pos, cfg.rope_dims, cfg.rope_base)
+        k = layers.apply_rope(k, segment_pos, cfg.rope_dims, cfg.rope_base)[:, :, 0]
+        return q, k, self.proj_v(x)
 
     def empty_cache(self, batch: int, n_tokens: int, dtype, device) -> AttentionCache:
         """An empty cache sized for n_tokens (ring buffer of `window` slots when local)."""

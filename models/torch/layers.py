@@ -129,6 +129,18 @@ def apply_rope(
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, x_pass], dim=-1)
 
 
+def attention_mask(
+    q_pos: torch.Tensor, k_pos: torch.Tensor, doc_start: torch.Tensor, window: int | None
+) -> torch.Tensor:
+    """bool [b, t, s]: query i sees key j iff doc_start[b, i] <= k_pos[j] <= q_pos[i] and, with a
+    window, q_pos[i] - k_pos[j] <= window (q_pos [t], k_pos [s]; -1 marks an empty slot)."""
+    kp = k_pos[None, None, :]
+    mask = (kp <= q_pos[None, :, None]) & (kp >= doc_start[:, :, None])
+    if window is not None:
+        mask = mask & (q_pos[None, :, None] - kp <= window)
+    return mask
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -148,10 +160,7 @@ def attend(
     """
     h = q.shape[-1]
     logits = torch.einsum("btnh,bsh->bnts", q, k) * h**-0.5
-    kp = k_pos[None, None, :]
-    mask = (kp <= q_pos[None, :, None]) & (kp >= doc_start[:, :, None])  # [b, t, s]
-    if window is not None:
-        mask = mask & (q_pos[None, :, None] - kp <= window)
+    mask = attention_mask(q_pos, k_pos, doc_start, window)
     logits = torch.where(mask[:, None], logits.float(), torch.finfo(torch.float32).min)
     probs = torch.softmax(logits, dim=-1).to(v.dtype)
     return torch.einsum("bnts,bsh->btnh", probs, v).flatten(-2)

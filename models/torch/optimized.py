@@ -23,6 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from kernels._triton import AVAILABLE as TRITON_AVAILABLE
+from kernels.conv1d import conv1d, conv1d_step
+from kernels.fused import gelu_mul, rms_norm
+from kernels.rglru import rg_lru, rg_lru_step
+from models.torch import layers
 
 
 def check_device(x: torch.Tensor) -> None:
@@ -42,8 +46,6 @@ def check_device(x: torch.Tensor) -> None:
 
 def norm(module, x: torch.Tensor) -> torch.Tensor:
     """An RMSNorm module's function as one fused kernel (kernels.fused.rms_norm)."""
-    from kernels.fused import rms_norm
-
     return rms_norm(x, module.scale, module.eps)
 
 
@@ -51,8 +53,6 @@ def mlp_forward(mlp, x: torch.Tensor) -> torch.Tensor:
     """MLPBlock.forward as two matmuls on the halves of ffw_up.w [2, d, m] (the einsum of the
     reference path copies the whole weight into a new layout on every call) and one fused
     gelu(gate) * up kernel."""
-    from kernels.fused import gelu_mul
-
     up = mlp.ffw_up
     gate, lin = x @ up.w[0], x @ up.w[1]
     if up.b is not None:
@@ -70,10 +70,7 @@ def block_diagonal(lin, x: torch.Tensor) -> torch.Tensor:
 
 def recurrent_forward(blk, x, segment_pos, cache, return_cache):
     """RecurrentBlock.forward on the kernels. x: [b, t, d] -> ([b, t, d], cache or None)."""
-    from kernels.conv1d import conv1d, conv1d_step
-    from kernels.fused import gelu_mul
-    from kernels.rglru import rg_lru, rg_lru_step
-    from models.torch.blocks import RecurrentCache
+    from models.torch.blocks import RecurrentCache  # (blocks imports this module)
 
     check_device(x)
     conv, lru = blk.conv_1d, blk.rg_lru
@@ -119,22 +116,13 @@ def _sdpa_mqa(q, k, v, mask):
 
 def attention_forward(blk, x, segment_pos, cache, length, return_cache):
     """AttentionBlock.forward with fused attention and in-place cache writes."""
-    from models.torch import layers
+    from models.torch.blocks import doc_starts
 
     cfg = blk.cfg
     b, t, _ = x.shape
-    q = blk.proj_q(x).unflatten(-1, (cfg.num_heads, cfg.head_dim))
-    k = blk.proj_k(x)[:, :, None]
-    q = layers.apply_rope(q, segment_pos, cfg.rope_dims, cfg.rope_base)
-    k = layers.apply_rope(k, segment_pos, cfg.rope_dims, cfg.rope_base)[:, :, 0]
-    v = blk.proj_v(x)
-
+    q, k, v = blk.project(x, segment_pos)
     q_pos = torch.arange(length, length + t, device=x.device)
-    prev_start = (
-        torch.zeros(b, dtype=torch.long, device=x.device) if cache is None else cache.doc_start
-    )
-    reset_at = torch.where(segment_pos == 0, q_pos, -1)
-    doc_start = torch.maximum(prev_start[:, None], torch.cummax(reset_at, dim=1).values)
+    doc_start = doc_starts(segment_pos, q_pos, cache)
     window = cfg.attention_window
 
     if cache is not None and t == 1:  # decode: write first, then attend over the whole buffer
@@ -147,10 +135,7 @@ def attention_forward(blk, x, segment_pos, cache, length, return_cache):
         keys = torch.cat([cache.k, k.to(cache.k.dtype)], dim=1)
         values = torch.cat([cache.v, v.to(cache.v.dtype)], dim=1)
         k_pos = torch.cat([cache.pos, q_pos])
-    kp = k_pos[None, None, :]
-    mask = (kp <= q_pos[None, :, None]) & (kp >= doc_start[:, :, None])
-    if window is not None:
-        mask = mask & (q_pos[None, :, None] - kp <= window)
+    mask = layers.attention_mask(q_pos, k_pos, doc_start, window)
     out = blk.proj_final(_sdpa_mqa(q, keys.to(q.dtype), values.to(q.dtype), mask))
     if not return_cache:
         return out, None
@@ -233,26 +218,17 @@ def copy_cache(cache):
 def _attention_step_static(blk, x, segment_pos, cache, length_t):
     """One decode step of an attention block whose stream position is a device tensor (so the
     step can be captured in a CUDA graph): writes k, v into the static cache, attends over it."""
-    from models.torch import layers
+    from models.torch.blocks import doc_starts
 
-    cfg = blk.cfg
-    q = blk.proj_q(x).unflatten(-1, (cfg.num_heads, cfg.head_dim))
-    k = blk.proj_k(x)[:, :, None]
-    q = layers.apply_rope(q, segment_pos, cfg.rope_dims, cfg.rope_base)
-    k = layers.apply_rope(k, segment_pos, cfg.rope_dims, cfg.rope_base)[:, :, 0]
-    v = blk.proj_v(x)
+    q, k, v = blk.project(x, segment_pos)
     q_pos = length_t.view(1)
-    reset_at = torch.where(segment_pos == 0, q_pos, -1)  # [b, 1]
-    doc_start = torch.maximum(cache.doc_start[:, None], reset_at)
-    window = cfg.attention_window
+    doc_start = doc_starts(segment_pos, q_pos, cache)  # [b, 1]
+    window = blk.cfg.attention_window
     slot = q_pos % (window + 1) if window is not None else q_pos
     cache.k.index_copy_(1, slot, k.to(cache.k.dtype))
     cache.v.index_copy_(1, slot, v.to(cache.v.dtype))
     cache.pos.index_copy_(0, slot, q_pos)
-    kp = cache.pos[None, None, :]
-    mask = (kp <= q_pos) & (kp >= doc_start[:, :, None])
-    if window is not None:
-        mask = mask & (q_pos - kp <= window)
+    mask = layers.attention_mask(q_pos, cache.pos, doc_start, window)
     cache.doc_start.copy_(doc_start[:, 0])
     return blk.proj_final(_sdpa_mqa(q, cache.k.to(q.dtype), cache.v.to(q.dtype), mask))
 
