@@ -52,7 +52,7 @@ SHAPES = {
     "cpu": {"batch": 2, "seq_len": 48, "width": 40, "dtype": "float32"},
 }
 # rounds per case (the torch loops take ~0.1-1 s per call at the GPU shape)
-ROUNDS = {"cuda": (30, 3), "cpu": (5, 10)}  # (kernels, loops)
+ROUNDS = {"cuda": (30, 3), "cpu": (5, 20)}  # (kernels, loops)
 
 CASES = [
     *(Case(op, impl, bw) for op in ("scan", "rglru", "conv1d") for impl in ("ours-triton", "ours-torch-loop") for bw in (0, 1)),
