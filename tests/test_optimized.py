@@ -88,6 +88,40 @@ def test_training_gradients_equal_reference(name):
         assert rel_err(grads[k].grad, p.grad) <= TOL, k
 
 
+@pytest.mark.parametrize(
+    "name, t, resets, causal",
+    [
+        ("griffin-tiny", 9, None, True),  # t - 1 <= window (8), one document: plain causal
+        ("griffin-tiny", 10, None, False),  # the window cuts: explicit mask
+        ("griffin-tiny", 9, {1: [4]}, False),  # a document starts inside: explicit mask
+        ("mqa-tiny", T, None, True),  # global attention, one document
+    ],
+)
+def test_plain_causal_fast_path_equals_reference(name, t, resets, causal, monkeypatch):
+    from models.torch import optimized
+
+    seen = []
+    sdpa = optimized._sdpa_mqa
+    monkeypatch.setattr(
+        optimized,
+        "_sdpa_mqa",
+        lambda q, k, v, mask: seen.append(mask is None) or sdpa(q, k, v, mask),
+    )
+    ref, opt = pair(CASES[name])
+    ref.train(), opt.train()
+    tokens, pos = data(2, t, CASES[name].vocab_size, resets, seed=3)
+    targets = torch.roll(tokens, -1, dims=1)
+    for m in (ref, opt):
+        loss = torch.nn.functional.cross_entropy(m(tokens, pos).flatten(0, 1), targets.flatten())
+        loss.backward()
+    assert seen and set(seen) == {causal}
+    grads = dict(opt.named_parameters())
+    for k, p in ref.named_parameters():
+        assert rel_err(grads[k].grad, p.grad) <= TOL, k
+    with torch.no_grad():
+        assert rel_err(opt(tokens, pos), ref(tokens, pos)) <= TOL
+
+
 def test_state_dicts_are_interchangeable():
     ref, _ = pair(CASES["griffin-tiny"])
     opt = Model(CASES["griffin-tiny"], impl="optimized", device=DEVICE)

@@ -2,7 +2,7 @@
 
 Training uses models.torch.optimized.chunked_loss (no [b, t, vocab] logits in memory). Decode runs
 through models.torch.optimized.StaticDecoder: on a GPU each step is one CUDA-graph
-replay over static caches (one decoder at a time, reloaded from the prefilled cache by `fresh`,
+replay of the torch.compile'd step over static caches (one decoder at a time, reloaded from the prefilled cache by `fresh`,
 rebuilt when the batch size changes); on the CPU the same step runs eagerly.
 """
 
@@ -24,6 +24,8 @@ class Handle(ours_torch.Handle):
         self._decoder = None  # one at a time: a throughput sweep would otherwise keep them all
 
     def fresh(self, cache):
+        import torch
+
         from models.torch.optimized import StaticDecoder
 
         dec = self._decoder
@@ -33,6 +35,7 @@ class Handle(ours_torch.Handle):
             or cache.length + DECODE_ROOM > dec.capacity
         ):
             self._decoder = dec = None  # free the old buffers and graph first
+            torch._dynamo.reset()  # and the old decoder's compiled step (a recompile each)
             self.backend.free()
             dec = StaticDecoder(self.model, cache, capacity=cache.length + DECODE_ROOM)
             self._decoder = dec

@@ -102,16 +102,28 @@ def recurrent_forward(blk, x, segment_pos, cache, return_cache):
 
 
 def _sdpa_mqa(q, k, v, mask):
-    """q [b, t, n, h]; k, v [b, s, h] (one head); mask bool [b, t, s] -> [b, t, n * h]."""
+    """q [b, t, n, h]; k, v [b, s, h] (one head); mask bool [b, t, s], or None for plain causal
+    attention (s = t) -> [b, t, n * h]."""
     b, _, n, h = q.shape
     s = k.shape[1]
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2),
         k[:, None].expand(b, n, s, h),
         v[:, None].expand(b, n, s, h),
-        attn_mask=mask[:, None],
+        attn_mask=None if mask is None else mask[:, None],
+        is_causal=mask is None,
     )
     return out.transpose(1, 2).flatten(-2)
+
+
+def _plainly_causal(segment_pos, t: int, window: int | None) -> bool:
+    """True when the mask of a chunk without cache is just causal: no document starts after its
+    first token and no key falls out of the window (t - 1 <= window). Then SDPA runs its causal
+    flash kernel, which skips the blocks above the diagonal, instead of reading an explicit
+    [t, t] mask through every block. Costs one host sync."""
+    if window is not None and t - 1 > window:
+        return False
+    return not bool((segment_pos[:, 1:] == 0).any())
 
 
 def attention_forward(blk, x, segment_pos, cache, length, return_cache):
@@ -135,7 +147,10 @@ def attention_forward(blk, x, segment_pos, cache, length, return_cache):
         keys = torch.cat([cache.k, k.to(cache.k.dtype)], dim=1)
         values = torch.cat([cache.v, v.to(cache.v.dtype)], dim=1)
         k_pos = torch.cat([cache.pos, q_pos])
-    mask = layers.attention_mask(q_pos, k_pos, doc_start, window)
+    if cache is None and _plainly_causal(segment_pos, t, window):
+        mask = None
+    else:
+        mask = layers.attention_mask(q_pos, k_pos, doc_start, window)
     out = blk.proj_final(_sdpa_mqa(q, keys.to(q.dtype), values.to(q.dtype), mask))
     if not return_cache:
         return out, None
@@ -243,12 +258,14 @@ class StaticDecoder:
     Every step runs the same kernels on the same addresses: the stream position is a device
     tensor, local attention a ring buffer of window + 1 slots, global attention a buffer of
     `capacity` slots allocated up front (so no step allocates or syncs). On a CUDA device the
-    first step is run once eagerly (compiling the Triton kernels) on a copy of the state, then
+    step is first compiled with torch.compile (`compile=True`, the default there: Inductor fuses
+    the elementwise work between the matmuls and our Triton kernels into a few kernels per
+    layer), run twice on a copy of the state (compiling the kernels, warming cuBLAS), then
     captured; later steps replay the graph. The returned logits are a static buffer that the
-    next step overwrites. Elsewhere (CPU) the same step runs eagerly.
+    next step overwrites. Elsewhere (CPU) the same step runs eagerly and uncompiled.
     """
 
-    def __init__(self, model, cache, capacity: int | None = None):
+    def __init__(self, model, cache, capacity: int | None = None, compile: bool = True):
         from models.torch.blocks import AttentionCache
 
         self.model = model
@@ -276,6 +293,7 @@ class StaticDecoder:
         self.segment_pos = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.graph = None
         self.logits = None
+        self.compile = compile and self.tokens.is_cuda
         self.load(cache)
 
     @property
@@ -358,18 +376,37 @@ class StaticDecoder:
             return self._step()
         if self.graph is None:
             saved = [t.clone() for t in self._state()]
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                self._step()  # compiles the kernels, warms cuBLAS
-            torch.cuda.current_stream().wait_stream(stream)
+            fn = self._warm_up()
             for t, s in zip(self._state(), saved, strict=True):
                 t.copy_(s)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                self.logits = self._step()
+                self.logits = fn()
         self.graph.replay()
         return self.logits
+
+    def _warm_up(self):
+        """Run the step twice off the capture (compiling Inductor's and our Triton kernels,
+        warming cuBLAS); returns the function to capture. A step that torch.compile cannot
+        compile falls back to the eager step with a warning (`self.compile` becomes False)."""
+        import warnings
+
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        fn = self._step
+        with torch.cuda.stream(stream):
+            if self.compile:
+                try:
+                    fn = torch.compile(self._step, dynamic=False)
+                    fn()
+                except Exception as e:  # any compiler failure: run the step eagerly
+                    msg = f"torch.compile of the decode step failed ({e!r}); eager step"
+                    warnings.warn(msg, stacklevel=3)
+                    self.compile, fn = False, self._step
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        return fn
 
     def cache(self):
         """The state as a Cache (sharing the static buffers)."""
