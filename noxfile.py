@@ -58,7 +58,8 @@ def regress(session: nox.Session) -> None:
     install(session, "jax,peers,test,triton")
     out = "results/local/regress-run.json"
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    env = {} if shutil.which("nvidia-smi") else {"JAX_PLATFORMS": "cpu"}
+    # tests/conftest.py puts JAX on the CPU unless JAX_PLATFORMS is set: on a GPU, name it
+    env = {"JAX_PLATFORMS": "cuda,cpu" if shutil.which("nvidia-smi") else "cpu"}
     session.run(
         "pytest", "-q", "-p", "no:cacheprovider", "--regress", "tests/regress",
         f"--benchmark-json={out}", env=env,

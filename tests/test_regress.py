@@ -15,6 +15,15 @@ from bench.results import read_records
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def test_medians_are_per_call():
+    doc = {"benchmarks": [
+        {"name": "a", "extra_info": {"case": "scan-fwd-ours-triton", "calls_per_round": 10},
+         "stats": {"median": 1.0e-3}},
+        {"name": "test_speed[x]", "extra_info": {}, "stats": {"median": 2.0}},
+    ]}  # fmt: skip
+    assert regress.medians(doc) == {"scan-fwd-ours-triton": 1.0e-4, "test_speed[x]": 2.0}
+
+
 def test_check_names_case_baseline_median_and_ratio():
     run = {"scan-fwd-ours-triton": 2.0e-3, "scan-fwd-ours-torch-loop": 1.0}
     base = {"scan-fwd-ours-triton": 1.0e-3, "scan-fwd-ours-torch-loop": 1.02}
@@ -23,7 +32,13 @@ def test_check_names_case_baseline_median_and_ratio():
         "scan-fwd-ours-triton: median 2.0000 ms vs baseline 1.0000 ms on H100-x: 2.00x, "
         "slower by more than the 10% threshold"
     ]
-    assert any(n.startswith("scan-fwd-ours-torch-loop: median") for n in notes)
+    # a host-bound case (a _ref loop) is a ratio's denominator on a GPU, never held to a baseline
+    assert any(n.startswith("scan-fwd-ours-torch-loop: host-bound") for n in notes)
+    failures, notes = regress.check(run, {**base, "scan-fwd-ours-torch-loop": 0.5}, "cuda", key="x")
+    assert len(failures) == 1 and "ours-torch-loop" not in failures[0]
+    # on the CPU every case is compared (there the loops are the native, steady side)
+    failures, _ = regress.check(run, {**base, "scan-fwd-ours-torch-loop": 0.5}, "cpu", key="x")
+    assert any(f.startswith("scan-fwd-ours-torch-loop: median 1000.0000 ms") for f in failures)
     # a same-run ratio over its limit fails on its own, with or without a baseline
     failures, _ = regress.check({**run, "scan-fwd-ours-triton": 0.2}, None, "cuda")
     assert failures == ["scan-fwd-ours-triton / scan-fwd-ours-torch-loop = 0.200 (allowed <= 0.05)"]

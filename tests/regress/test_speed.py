@@ -43,16 +43,22 @@ def test_speed(case, benchmark):
             once(*args)
             return once(*args)
 
+    loop = "loop" in case.impl
+    calls = 1 if loop else regress.CALLS_PER_ROUND[FORM]
+
     def target(*args):
+        for _ in range(calls - 1):
+            fn(*args)
         sync(fn(*args))
 
     rounds, loop_rounds = regress.ROUNDS[FORM]
     benchmark.extra_info["case"] = case.id
+    benchmark.extra_info["calls_per_round"] = calls
     benchmark.pedantic(
         target,
         setup=(lambda: (setup(), {})) if setup else None,
-        rounds=loop_rounds if "loop" in case.impl else rounds,
-        warmup_rounds=1 if "loop" in case.impl and FORM == "cuda" else 3,
+        rounds=loop_rounds if loop else rounds,
+        warmup_rounds=1 if loop and FORM == "cuda" else 3,
         iterations=1,
     )
 
