@@ -128,15 +128,16 @@ def _gates(x, gx, ga, sp, reset):
 @triton.jit(do_not_specialize=["stride_d"])
 def _rglru_fwd_kernel(
     # pointers
-    x_ptr, gx_ptr, ga_ptr, aparam_ptr, seg_ptr, h0_ptr, y_ptr, hlast_ptr,
+    x_ptr, gx_ptr, ga_ptr, aparam_ptr, seg_ptr, h0_ptr, y_ptr, hlast_ptr, aprod_ptr,
     # sizes
     T, D,
-    # strides: x, gx, ga, y share them; segment_pos [b, t]; h0 / h_last [b, d] contiguous
+    # strides: x, gx, ga, y share them; segment_pos [b, t]; h0 / h_last / a_prod [b, d] contiguous
     stride_b, stride_t, stride_d, seg_b, seg_t,
     # meta-parameters
     HAS_SEG: tl.constexpr, HAS_H0: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     CONTIG_D: tl.constexpr,
     NUM_STAGES: tl.constexpr,
+    SUMMARY: tl.constexpr = False,  # write a_prod (the product of a over t), not y
 ):  # fmt: skip
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -147,6 +148,8 @@ def _rglru_fwd_kernel(
         h = tl.load(h0_ptr + pid_b * D + offs_d, mask=mask_d, other=0.0)
     else:
         h = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if SUMMARY:
+        a_prod = tl.full([BLOCK_D], 1.0, dtype=tl.float32)
     for t0 in tl.range(0, T, BLOCK_T, num_stages=NUM_STAGES):
         offs_t = t0 + tl.arange(0, BLOCK_T)
         in_t = offs_t < T
@@ -165,9 +168,14 @@ def _rglru_fwd_kernel(
         xn = tl.where(mask, xn, 0.0)
         a_cum, x_cum = tl.associative_scan((a, xn), axis=0, combine_fn=_combine)
         hs = a_cum * h[None, :] + x_cum
-        tl.store(y_ptr + ptrs, hs.to(y_ptr.dtype.element_ty), mask=mask)
+        if SUMMARY:
+            a_prod = a_prod * _last_row(a_cum, BLOCK_T)
+        else:
+            tl.store(y_ptr + ptrs, hs.to(y_ptr.dtype.element_ty), mask=mask)
         h = _last_row(hs, BLOCK_T)
     tl.store(hlast_ptr + pid_b * D + offs_d, h, mask=mask_d)
+    if SUMMARY:
+        tl.store(aprod_ptr + pid_b * D + offs_d, a_prod, mask=mask_d)
 
 
 @triton.jit(do_not_specialize=["stride_d"])
@@ -261,19 +269,58 @@ def _seg_args(segment_pos, x):
     return segment_pos, segment_pos.stride(0), segment_pos.stride(1)
 
 
-def _rglru_forward(x, gx, ga, a_param, segment_pos, h0, config=FWD_CONFIG):
+def _rglru_forward(x, gx, ga, a_param, segment_pos, h0, config=FWD_CONFIG, summary=False):
+    """y, h_last; with summary=True no y: (h_last, a_prod), a_prod = the product of a over t."""
     b, t, d = x.shape
     block_t, block_d, warps, contig, stages = config
-    y = torch.empty_like(x)
     h_last = torch.empty(b, d, device=x.device, dtype=torch.float32)
+    y = h_last.new_empty(b, d) if summary else torch.empty_like(x)  # summary: a_prod
     seg, seg_b, seg_t = _seg_args(segment_pos, x)
     _rglru_fwd_kernel[(triton.cdiv(d, block_d), b)](
-        x, gx, ga, a_param, seg, h0 if h0 is not None else h_last, y, h_last,
+        x, gx, ga, a_param, seg, h0 if h0 is not None else h_last, y, h_last, y,
         t, d, x.stride(0), x.stride(1), x.stride(2), seg_b, seg_t,
         HAS_SEG=segment_pos is not None, HAS_H0=h0 is not None,
-        BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, NUM_STAGES=stages, num_warps=warps,
+        BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, NUM_STAGES=stages, SUMMARY=summary,
+        num_warps=warps,
     )  # fmt: skip
-    return y, h_last
+    return (h_last, y) if summary else (y, h_last)
+
+
+# Time-parallel forward for few sequences (prefill at batch 1): the kernel's grid is
+# (channel blocks, batch), each program walking all of t, so B=1, D=2560 leaves 160 programs of
+# 2 warps for 132 SMs and the time is one program's walk. Split t into chunks of >= MIN_CHUNK steps
+# until there are about TARGET_PROGRAMS programs: a first pass gives each chunk's h_last (from
+# h = 0) and its product of a, a small scan over chunks gives each chunk's incoming state, and a
+# second pass writes y from it. Twice the reads (the second mostly from L2 at these sizes).
+MIN_CHUNK = 64
+TARGET_PROGRAMS = 2048
+
+
+def _time_chunks(b: int, t: int, d: int, block_d: int) -> int:
+    """How many chunks to split t into (1: run the plain kernel)."""
+    programs = b * triton.cdiv(d, block_d)
+    chunks = 1
+    while programs * chunks * 2 <= TARGET_PROGRAMS and t % (chunks * 2) == 0:
+        if t // (chunks * 2) < MIN_CHUNK:
+            break
+        chunks *= 2
+    return chunks
+
+
+def _rglru_forward_time_parallel(x, gx, ga, a_param, segment_pos, h0, chunks):
+    from kernels.scan import linear_scan
+
+    b, t, d = x.shape
+    n = b * chunks
+    view = lambda u: u.view(n, t // chunks, d)  # noqa: E731 - chunks of each row, consecutive
+    seg = None if segment_pos is None else segment_pos.view(n, t // chunks)
+    h_end, a_prod = _rglru_forward(view(x), view(gx), view(ga), a_param, seg, None, summary=True)
+    # state after each chunk: h_c = a_prod_c * h_{c-1} + h_end_c, from h0
+    h_after, _ = linear_scan(a_prod.view(b, chunks, d), h_end.view(b, chunks, d), h0)
+    start = h_after.new_zeros(b, chunks, d) if h0 is None else h0[:, None].expand(b, chunks, d)
+    start = torch.cat([start[:, :1], h_after[:, :-1]], dim=1).reshape(n, d)
+    y, _ = _rglru_forward(view(x), view(gx), view(ga), a_param, seg, start)
+    return y.view(b, t, d), h_after[:, -1].contiguous()
 
 
 def _rglru_backward(x, gx, ga, a_param, segment_pos, h0, y, dy, dh_last, config=BWD_CONFIG):
@@ -338,6 +385,16 @@ def rg_lru(
     if x.shape[1] == 0:
         raise ValueError("rg_lru needs at least one time step")
     x, gate_x, gate_a = x.contiguous(), gate_x.contiguous(), gate_a.contiguous()
+    inputs = (x, gate_x, gate_a, a_param, h0)
+    if not (torch.is_grad_enabled() and any(u is not None and u.requires_grad for u in inputs)):
+        b, t, d = x.shape
+        chunks = _time_chunks(b, t, d, FWD_CONFIG[1])
+        if chunks > 1:  # no backward needed, few sequences: split time across programs
+            return _rglru_forward_time_parallel(
+                x, gate_x, gate_a, a_param.contiguous(),
+                None if segment_pos is None else segment_pos.contiguous(),
+                None if h0 is None else h0.contiguous(), chunks,
+            )  # fmt: skip
     return _RGLRU.apply(
         x,
         gate_x,

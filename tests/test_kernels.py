@@ -105,6 +105,38 @@ def test_rg_lru(shape, dtype, with_resets):
     check_grads({n: (g, r.grad) for n, g, r in zip(names, got, ref_in, strict=True)}, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_rg_lru_time_parallel_forward(dtype, with_h0, monkeypatch):
+    """Without gradients and with few sequences, rg_lru splits time into chunks (two passes and
+    a scan over chunk states): same outputs as the reference, resets inside chunks, at a chunk's
+    first step and at the last step."""
+    import kernels.rglru as rglru
+
+    monkeypatch.setattr(rglru, "MIN_CHUNK", 8)
+    calls = []
+    parallel = rglru._rglru_forward_time_parallel
+    monkeypatch.setattr(
+        rglru,
+        "_rglru_forward_time_parallel",
+        lambda *a: calls.append(a[-1]) or parallel(*a),
+    )
+    b, t, d = 2, 96, 45
+    x, gx, ga = (leaf(b, t, d, dtype=dtype).detach() for _ in range(3))
+    a_param = leaf(d, dtype=dtype).detach()
+    h0 = leaf(b, d, dtype=torch.float32).detach() if with_h0 else None
+    pos = resets(b, t)  # row 1: a reset at its last step, h0 carried in otherwise
+    pos[0, 24:] = torch.arange(t - 24)  # row 0: at 24, a chunk's first step (chunks of 12),
+    pos[0, 50:] = torch.arange(t - 50)  # and at 50, inside a chunk
+    with torch.no_grad():
+        y, h_last = rg_lru(x, gx, ga, a_param, pos, h0)
+    assert calls == [8]  # 2 rows x 3 channel blocks x 8 chunks; 12 steps each
+    ref_in = [v.double() if v is not None else None for v in (x, gx, ga, a_param, h0)]
+    y_ref, last_ref = rg_lru_ref(*ref_in[:4], pos, ref_in[4])
+    assert y.dtype == dtype and h_last.dtype == torch.float32
+    assert rel(y, y_ref) <= TOL[dtype] and rel(h_last, last_ref) <= TOL[torch.float32]
+
+
 def test_rg_lru_sqrt_gradient_is_clipped():
     """a -> 1 (gate_a and Λ very negative: 1 - a^2 ~ 1e-26): the sqrt gradient is clipped at
     1000 as in the reference, and stays finite."""
