@@ -100,13 +100,14 @@ def test_training_gradients_equal_reference(name):
 def test_plain_causal_fast_path_equals_reference(name, t, resets, causal, monkeypatch):
     from models.torch import optimized
 
-    seen = []
-    sdpa = optimized._sdpa_mqa
+    seen, asked = [], []
+    sdpa, ask = optimized._sdpa_mqa, optimized.one_document
     monkeypatch.setattr(
         optimized,
         "_sdpa_mqa",
         lambda q, k, v, mask: seen.append(mask is None) or sdpa(q, k, v, mask),
     )
+    monkeypatch.setattr(optimized, "one_document", lambda pos: asked.append(1) or ask(pos))
     ref, opt = pair(CASES[name])
     ref.train(), opt.train()
     tokens, pos = data(2, t, CASES[name].vocab_size, resets, seed=3)
@@ -120,6 +121,7 @@ def test_plain_causal_fast_path_equals_reference(name, t, resets, causal, monkey
         assert rel_err(grads[k].grad, p.grad) <= TOL, k
     with torch.no_grad():
         assert rel_err(opt(tokens, pos), ref(tokens, pos)) <= TOL
+    assert len(asked) == 2  # once per forward of the optimized model (one host sync), not per layer
 
 
 def test_state_dicts_are_interchangeable():

@@ -124,14 +124,23 @@ class Model(nn.Module):
     def _blocks(self, tokens, segment_pos, cache: Cache | None, return_cache: bool):
         """The residual stream after the last block, [b, t, d], and the new cache."""
         check_inputs(tokens, segment_pos)
+        hint = None
+        if self.impl == "optimized" and cache is None and tokens.shape[1] > 1:
+            from models.torch import optimized  # attention asks once per forward, here
+
+            hint = optimized._ONE_DOCUMENT.set(optimized.one_document(segment_pos))
         x = self.embed(tokens)
         length = 0 if cache is None else cache.length
         new_blocks = []
-        for i, block in enumerate(self.blocks):
-            x, c = block(
-                x, segment_pos, None if cache is None else cache.blocks[i], length, return_cache
-            )
-            new_blocks.append(c)
+        try:
+            for i, block in enumerate(self.blocks):
+                x, c = block(
+                    x, segment_pos, None if cache is None else cache.blocks[i], length, return_cache
+                )
+                new_blocks.append(c)
+        finally:
+            if hint is not None:
+                optimized._ONE_DOCUMENT.reset(hint)
         new_cache = Cache(new_blocks, length + tokens.shape[1]) if return_cache else None
         return x, new_cache
 
