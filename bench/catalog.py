@@ -96,6 +96,9 @@ _K = "bench.impls.kernels:"
 IMPLEMENTATIONS += (
     Implementation("ours-triton", "torch", _K + "OursTriton", ("torch", "triton"), "ours",
                    "our Triton kernels (kernels.scan / rglru / conv1d), forward and backward", _ALL),
+    Implementation("ours-jax-pallas", "jax", _K + "OursJaxPallas", ("jax",), "ours",
+                   "our JAX Pallas kernels (kernels.pallas, Triton lowering): scan and fused RG-LRU, "
+                   "forward and backward, jitted", ("scan", "rglru")),
     Implementation("ours-torch-loop", "torch", _K + "OursReference", ("torch",), "ours",
                    "the kernels' _ref twins: plain torch, the scan a loop over time", _ALL),
     Implementation("torch-unfused-rglru", "torch", _K + "TorchUnfused", ("torch", "triton"), "peer",

@@ -1,5 +1,6 @@
-"""Kernel implementations: ours (Triton), our `_ref` loops, an unfused torch RG-LRU, and the peers
-(official recurrentgemma torch and jax scans, fla's HGRN scans, accelerated-scan).
+"""Kernel implementations: ours (Triton, and JAX Pallas), our `_ref` loops, an unfused torch
+RG-LRU, and the peers (official recurrentgemma torch and jax scans, fla's HGRN scans,
+accelerated-scan).
 
 Each is a namespace with `supports(op, device)` and `build(op, dtype, backend)`; the handle offers
     handle.prepare(inputs, backward) -> fn  or  (fn, setup)   the timed call
@@ -250,6 +251,95 @@ class _JaxHandle:
             da, dx = self.bwd(a, x, dy)
             out.update(da=np.asarray(da, dtype=np.float32), dx=np.asarray(dx, dtype=np.float32))
         return out
+
+
+class _JaxOpHandle:
+    """A JAX op on the named inputs, jitted; backward is one jitted jax.vjp (forward + backward)
+    to the op's float inputs. Torch inputs are converted (to the same dtype) outside the timed
+    call, results back to numpy only for the gate."""
+
+    def __init__(self, op: str, backend, run):
+        import jax
+
+        from bench.backends import JaxBackend
+
+        self.backend = JaxBackend(backend.device)
+        self.op, self.out_name = op, "h" if op == "scan" else "y"
+        self.diff = _DIFF[op]
+        self.extra = () if op == "scan" else ("segment_pos",)
+        n = len(self.diff)
+
+        def fwd(*args):
+            return run(dict(zip(self.diff + self.extra, args, strict=True)))
+
+        def fwd_bwd(*args):
+            primals, extra, dy = args[:n], args[n:-1], args[-1]
+            y, vjp = jax.vjp(lambda *p: fwd(*p, *extra), *primals)
+            return y, vjp(dy)
+
+        self.fwd, self.fwd_bwd = jax.jit(fwd), jax.jit(fwd_bwd)
+
+    def _arrays(self, inputs):
+        import jax.numpy as jnp
+
+        def conv(t):
+            if not t.dtype.is_floating_point:
+                return jnp.asarray(t.cpu().numpy().astype(np.int32))
+            dtype = (
+                jnp.bfloat16
+                if t.dtype == torch.bfloat16
+                else jnp.dtype(str(t.dtype).removeprefix("torch."))
+            )
+            return jnp.asarray(t.float().cpu().numpy()).astype(dtype)
+
+        return [conv(inputs[k]) for k in (*self.diff, *self.extra, "dy")]
+
+    def prepare(self, inputs, backward):
+        args = self._arrays(inputs)
+        if backward:
+            return lambda: self.fwd_bwd(*args)
+        return lambda: self.fwd(*args[:-1])
+
+    def collect(self, inputs, backward):
+        args = self._arrays(inputs)
+        if not backward:
+            return {self.out_name: np.asarray(self.fwd(*args[:-1]), dtype=np.float32)}
+        y, grads = self.fwd_bwd(*args)
+        out = {self.out_name: np.asarray(y, dtype=np.float32)}
+        out.update(
+            {
+                f"d{k}": np.asarray(g, dtype=np.float32)
+                for k, g in zip(self.diff, grads, strict=True)
+            }
+        )
+        return out
+
+
+class OursJaxPallas:
+    """kernels.pallas.linear_scan and rg_lru: JAX Pallas kernels (Triton lowering), jitted; on
+    a CPU they run in Pallas's interpreter (correct, not fast)."""
+
+    @staticmethod
+    def supports(op, device):
+        if op not in ("scan", "rglru"):
+            return f"no Pallas kernel for {op} (kernels.pallas has the scan and the RG-LRU)"
+        import jax
+
+        if device.startswith("cuda") and jax.default_backend() != "gpu":
+            return f"JAX has no GPU backend here ({jax.default_backend()})"
+        return None
+
+    @staticmethod
+    def build(op, dtype, backend):
+        from kernels import pallas
+
+        runs = {
+            "scan": lambda i: pallas.linear_scan(i["a"], i["x"])[0],
+            "rglru": lambda i: pallas.rg_lru(
+                i["x"], i["gate_x"], i["gate_a"], i["a_param"], i["segment_pos"]
+            )[0],
+        }
+        return _JaxOpHandle(op, backend, runs[op])
 
 
 class RecurrentGemmaJaxLinear(_JaxScan):

@@ -1,0 +1,481 @@
+"""JAX Pallas (Triton lowering) kernels for the linear scan and the fused RG-LRU, forward and backward.
+
+    h, h_last = linear_scan(a, x, h0=None)                                  # h_t = a_t h_{t-1} + x_t
+    y, h_last = rg_lru(x, gate_x, gate_a, a_param, segment_pos=None, h0=None)
+
+Same signatures and results as kernels.scan_jax.linear_scan_ref and kernels.rglru_jax.rg_lru_ref:
+[b, t, d] arrays, float32 state, outputs in the input dtype, h_last float32; any t and d.
+Differentiable (jax.custom_vjp) in every float input, with Pallas kernels for the backward too.
+
+Layout: a grid of (batch, channel blocks of BLOCK_D). Each program owns BLOCK_D contiguous channels
+of one batch row (so every row load / store is coalesced along the last axis) and walks the whole
+sequence, carrying the float32 state in registers through a `lax.fori_loop` over chunks of BLOCK_T
+time steps. Inside a chunk the BLOCK_T rows are unrolled: all the chunk's loads are independent of
+the carry, so they can be issued ahead of the (serial, one FMA per step) recurrence. A time axis
+that is not a multiple of BLOCK_T ends with a shorter, statically unrolled tail chunk (t is static
+under jit, so there are no time masks); channels beyond d in the last block are masked.
+
+Backward: one reverse-time pass with carry c = a_{t+1} δ_{t+1} (δ = dL/dh through all paths,
+c starts at dh_last): δ_t = dy_t + c, then dx_t = δ_t, da_t = δ_t h_{t-1}, c <- a_t δ_t, and
+dh0 = the final c. h_{t-1} is read from the saved forward output (in the input dtype, as the Triton
+kernels do). The RG-LRU backward recomputes its gates from x, gate_x, gate_a (one exp per element
+for a, as forward) and applies the chain rule, with the sqrt gradient clipped at MAX_SQRT_GRADIENT
+and resets (segment_pos == 0: a = 0, multiplier 1) cutting both; dsoftplus(Λ) is summed over time
+per (batch row, channel) in the kernel and over batch rows after.
+
+Block sizes and Triton's num_warps / num_stages are the module-level `*_CONFIG` constants and can be
+overridden per call (keyword `fwd_config` / `bwd_config`) for sweeps. On a CPU backend (or with
+GRIFFIN_BENCH_PALLAS_INTERPRET=1) the kernels run in Pallas's interpreter; =0 forces compilation.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plt
+
+from kernels.rglru import MAX_SQRT_GRADIENT
+
+_F32 = jnp.float32
+_MIN_4Z = 1.0 / MAX_SQRT_GRADIENT**2
+
+
+class Config(NamedTuple):
+    """Launch parameters: time steps per loop iteration (unrolled), channels per program (a power
+    of two), and Triton's num_warps / num_stages."""
+
+    block_t: int
+    block_d: int
+    num_warps: int = 1
+    num_stages: int = 2
+
+
+# From bench/probes/pallas_scan.py on an H100 (jax 0.11.2), B=8 T=4096 D=2560 bf16: narrow
+# channel blocks (many programs of one warp) won; the forward scan 0.41 ms (jax associative scan
+# 0.93 ms in the same run), scan fwd+bwd 0.97 ms (2.99), RG-LRU fwd+bwd 2.88 ms (XLA gates +
+# associative scan 4.30). Longer unrolled chunks mainly cost compile time.
+SCAN_FWD_CONFIG = Config(block_t=32, block_d=32, num_warps=1, num_stages=2)
+SCAN_BWD_CONFIG = Config(block_t=32, block_d=32, num_warps=1, num_stages=2)
+RGLRU_FWD_CONFIG = Config(block_t=8, block_d=32, num_warps=1, num_stages=2)
+RGLRU_BWD_CONFIG = Config(block_t=8, block_d=32, num_warps=1, num_stages=2)
+
+INTERPRET_ENV = "GRIFFIN_BENCH_PALLAS_INTERPRET"
+
+
+def default_interpret() -> bool:
+    """Interpret (no GPU compile) when the default backend is the CPU, or as the env var says."""
+    env = os.environ.get(INTERPRET_ENV, "")
+    if env in ("0", "1"):
+        return env == "1"
+    return jax.default_backend() == "cpu"
+
+
+def _checked_config(cfg: Config) -> Config:
+    cfg = Config(*cfg)
+    if cfg.block_t < 1 or cfg.block_d < 1 or cfg.block_d & (cfg.block_d - 1):
+        raise ValueError(f"block_t must be >= 1 and block_d a power of two; got {cfg}")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- kernel helpers
+
+
+class _Cols:
+    """The channel block of one program: its slice and (when d is not a multiple) its mask."""
+
+    def __init__(self, d: int, block_d: int):
+        d0 = pl.program_id(1) * block_d
+        self.b = pl.program_id(0)
+        self.sl = pl.ds(d0, block_d)
+        self.mask = None if d % block_d == 0 else (d0 + lax.iota(jnp.int32, block_d)) < d
+
+    def _view(self, ref, idx):
+        # static indices as int32 scalars: the interpreter's load/store discharge wants arrays
+        idx = tuple(jnp.int32(i) if isinstance(i, int) else i for i in idx)
+        return ref.at[(*idx, self.sl)]
+
+    def load(self, ref, *idx):
+        view = self._view(ref, idx)
+        if self.mask is None:
+            return view[...].astype(_F32)
+        return plt.load(view, mask=self.mask, other=0).astype(_F32)
+
+    def store(self, ref, value, *idx):
+        view = self._view(ref, idx)
+        value = value.astype(ref.dtype)
+        if self.mask is None:
+            view[...] = value
+        else:
+            plt.store(view, value, mask=self.mask)
+
+
+def _forward_chunks(t: int, block_t: int, rows, carry):
+    """rows(t0, n, carry) -> carry over [0, t): full chunks in a fori_loop, then the tail."""
+    n_full, rem = divmod(t, block_t)
+    if n_full:
+        carry = lax.fori_loop(0, n_full, lambda c, k: rows(c * block_t, block_t, k), carry)
+    if rem:
+        carry = rows(n_full * block_t, rem, carry)
+    return carry
+
+
+def _reverse_chunks(t: int, block_t: int, rows, carry):
+    """rows(t0, n, carry, first) -> carry over [0, t) backwards: the tail, the full chunks but the
+    first in a fori_loop (descending), then the first chunk (`first`: its row 0 is t = 0)."""
+    n_full, rem = divmod(t, block_t)
+    if rem:
+        carry = rows(n_full * block_t, rem, carry, n_full == 0)
+    if n_full > 1:
+        carry = lax.fori_loop(
+            0,
+            n_full - 1,
+            lambda k, c: rows((n_full - 1 - k) * block_t, block_t, c, False),
+            carry,
+        )
+    if n_full:
+        carry = rows(0, block_t, carry, True)
+    return carry
+
+
+def _softplus(z):
+    return jnp.maximum(z, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(z)))
+
+
+def _gates(gx, ga, sp, reset):
+    """r, i, e = exp(log a) before resets, a, z = 1 - e^2, the multiplier sqrt(z) (resets: a = 0,
+    multiplier 1). 1 - e^2 as (1 - e)(1 + e): one exp, and accurate as a -> 1."""
+    r = jax.nn.sigmoid(ga)
+    e = jnp.exp(-8.0 * r * sp)
+    z = (1.0 - e) * (1.0 + e)
+    mult = jnp.sqrt(z)
+    a = e
+    if reset is not None:
+        a = jnp.where(reset, 0.0, e)
+        mult = jnp.where(reset, 1.0, mult)
+    return r, jax.nn.sigmoid(gx), e, a, z, mult
+
+
+# ----------------------------------------------------------------------------- scan kernels
+
+
+def _scan_fwd_kernel(a_ref, x_ref, h0_ref, h_ref, hlast_ref, *, t, d, block_t, block_d):
+    cols = _Cols(d, block_d)
+    b = cols.b
+
+    def rows(t0, n, h):
+        a = [cols.load(a_ref, b, t0 + i) for i in range(n)]
+        x = [cols.load(x_ref, b, t0 + i) for i in range(n)]
+        for i in range(n):
+            h = a[i] * h + x[i]
+            cols.store(h_ref, h, b, t0 + i)
+        return h
+
+    h = _forward_chunks(t, block_t, rows, cols.load(h0_ref, b))
+    cols.store(hlast_ref, h, b)
+
+
+def _scan_bwd_kernel(
+    a_ref, h_ref, h0_ref, dh_ref, dhlast_ref, da_ref, dx_ref, dh0_ref, *, t, d, block_t, block_d
+):
+    cols = _Cols(d, block_d)
+    b = cols.b
+    h0 = cols.load(h0_ref, b)
+
+    def rows(t0, n, c, first):
+        a = [cols.load(a_ref, b, t0 + i) for i in range(n)]
+        g = [cols.load(dh_ref, b, t0 + i) for i in range(n)]
+        hp = [h0 if first and i == 0 else cols.load(h_ref, b, t0 + i - 1) for i in range(n)]
+        for i in reversed(range(n)):
+            delta = g[i] + c  # c = a_{t+1} δ_{t+1}
+            cols.store(dx_ref, delta, b, t0 + i)
+            cols.store(da_ref, delta * hp[i], b, t0 + i)
+            c = a[i] * delta
+        return c
+
+    c = _reverse_chunks(t, block_t, rows, cols.load(dhlast_ref, b))
+    cols.store(dh0_ref, c, b)  # dh0 = a_0 δ_0
+
+
+def _params(cfg: Config, interpret: bool) -> dict:
+    return dict(
+        compiler_params=plt.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
+        interpret=interpret,
+    )
+
+
+def _scan_fwd(a, x, h0, cfg: Config, interpret: bool):
+    b, t, d = x.shape
+    kernel = functools.partial(_scan_fwd_kernel, t=t, d=d, block_t=cfg.block_t, block_d=cfg.block_d)
+    return pl.pallas_call(
+        kernel,
+        out_shape=(jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((b, d), _F32)),
+        grid=(b, pl.cdiv(d, cfg.block_d)),
+        name="griffin_scan_fwd",
+        **_params(cfg, interpret),
+    )(a, x, h0)
+
+
+def _scan_bwd(a, h, h0, dh, dh_last, x_dtype, cfg: Config, interpret: bool):
+    b, t, d = h.shape
+    kernel = functools.partial(_scan_bwd_kernel, t=t, d=d, block_t=cfg.block_t, block_d=cfg.block_d)
+    return pl.pallas_call(
+        kernel,
+        out_shape=(
+            jax.ShapeDtypeStruct(a.shape, a.dtype),
+            jax.ShapeDtypeStruct(h.shape, x_dtype),
+            jax.ShapeDtypeStruct((b, d), _F32),
+        ),
+        grid=(b, pl.cdiv(d, cfg.block_d)),
+        name="griffin_scan_bwd",
+        **_params(cfg, interpret),
+    )(a, h, h0, dh, dh_last)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _linear_scan(a, x, h0, fwd_cfg, bwd_cfg, interpret):
+    return _scan_fwd(a, x, h0, fwd_cfg, interpret)
+
+
+def _linear_scan_vjp_fwd(a, x, h0, fwd_cfg, bwd_cfg, interpret):
+    h, h_last = _scan_fwd(a, x, h0, fwd_cfg, interpret)
+    return (h, h_last), (a, h, h0)
+
+
+def _linear_scan_vjp_bwd(fwd_cfg, bwd_cfg, interpret, res, cotangents):
+    a, h, h0 = res
+    dh, dh_last = cotangents
+    da, dx, dh0 = _scan_bwd(a, h, h0, dh, dh_last.astype(_F32), h.dtype, bwd_cfg, interpret)
+    return da, dx, dh0.astype(h0.dtype)
+
+
+_linear_scan.defvjp(_linear_scan_vjp_fwd, _linear_scan_vjp_bwd)
+
+
+def _state0(h0, b: int, d: int) -> jax.Array:
+    if h0 is None:
+        return jnp.zeros((b, d), _F32)
+    if h0.shape != (b, d):
+        raise ValueError(f"h0 must be float32 [b, d] = [{b}, {d}]; got {h0.shape}")
+    return h0.astype(_F32)
+
+
+def linear_scan(
+    a: jax.Array,
+    x: jax.Array,
+    h0: jax.Array | None = None,
+    *,
+    fwd_config: Config | None = None,
+    bwd_config: Config | None = None,
+    interpret: bool | None = None,
+):
+    """`h_t = a_t h_{t-1} + x_t` with Pallas kernels (forward and backward); as linear_scan_ref.
+
+    Args:
+      a, x: [b, t, d] (any float dtypes). h0: float32 [b, d] or None (zeros).
+      fwd_config / bwd_config: launch parameters (default SCAN_FWD_CONFIG / SCAN_BWD_CONFIG).
+      interpret: run in Pallas's interpreter (default: default_interpret()).
+    Returns:
+      h: [b, t, d] in x.dtype; h_last: float32 [b, d]. Differentiable in a, x and h0.
+    """
+    if x.ndim != 3 or a.shape != x.shape:
+        raise ValueError(f"a and x must both be [b, t, d]; got a {a.shape}, x {x.shape}")
+    b, t, d = x.shape
+    state = _state0(h0, b, d)
+    if t == 0:
+        return jnp.zeros(x.shape, x.dtype), state
+    return _linear_scan(
+        a,
+        x,
+        state,
+        _checked_config(fwd_config or SCAN_FWD_CONFIG),
+        _checked_config(bwd_config or SCAN_BWD_CONFIG),
+        default_interpret() if interpret is None else bool(interpret),
+    )
+
+
+# ----------------------------------------------------------------------------- RG-LRU kernels
+
+
+def _rglru_fwd_kernel(
+    x_ref, gx_ref, ga_ref, ap_ref, seg_ref, h0_ref, y_ref, hlast_ref,
+    *, t, d, block_t, block_d, has_seg,
+):  # fmt: skip
+    cols = _Cols(d, block_d)
+    b = cols.b
+    sp = _softplus(cols.load(ap_ref))
+
+    def rows(t0, n, h):
+        x = [cols.load(x_ref, b, t0 + i) for i in range(n)]
+        gx = [cols.load(gx_ref, b, t0 + i) for i in range(n)]
+        ga = [cols.load(ga_ref, b, t0 + i) for i in range(n)]
+        reset = [seg_ref[b, t0 + i] == 0 if has_seg else None for i in range(n)]
+        for i in range(n):
+            _, gate_i, _, a, _, mult = _gates(gx[i], ga[i], sp, reset[i])
+            h = a * h + x[i] * gate_i * mult
+            cols.store(y_ref, h, b, t0 + i)
+        return h
+
+    h = _forward_chunks(t, block_t, rows, cols.load(h0_ref, b))
+    cols.store(hlast_ref, h, b)
+
+
+def _rglru_bwd_kernel(
+    x_ref, gx_ref, ga_ref, ap_ref, seg_ref, h0_ref, y_ref, dy_ref, dhlast_ref,
+    dx_ref, dgx_ref, dga_ref, dsp_ref, dh0_ref,
+    *, t, d, block_t, block_d, has_seg,
+):  # fmt: skip
+    cols = _Cols(d, block_d)
+    b = cols.b
+    sp = _softplus(cols.load(ap_ref))
+    h0 = cols.load(h0_ref, b)
+
+    def rows(t0, n, carry, first):
+        c, dsp = carry
+        x = [cols.load(x_ref, b, t0 + i) for i in range(n)]
+        gx = [cols.load(gx_ref, b, t0 + i) for i in range(n)]
+        ga = [cols.load(ga_ref, b, t0 + i) for i in range(n)]
+        g = [cols.load(dy_ref, b, t0 + i) for i in range(n)]
+        hp = [h0 if first and i == 0 else cols.load(y_ref, b, t0 + i - 1) for i in range(n)]
+        reset = [seg_ref[b, t0 + i] == 0 if has_seg else None for i in range(n)]
+        for i in reversed(range(n)):
+            r, gate_i, e, a, z, mult = _gates(gx[i], ga[i], sp, reset[i])
+            delta = g[i] + c  # c = a_{t+1} δ_{t+1}
+            d_a = delta * hp[i]
+            d_mult = delta * x[i] * gate_i
+            if reset[i] is not None:
+                d_a = jnp.where(reset[i], 0.0, d_a)
+                d_mult = jnp.where(reset[i], 0.0, d_mult)
+            d_z = d_mult * lax.rsqrt(jnp.maximum(4.0 * z, _MIN_4Z))  # clipped sqrt gradient
+            d_log_a = d_a * e - 2.0 * d_z * (e * e)
+            cols.store(dx_ref, delta * gate_i * mult, b, t0 + i)
+            cols.store(dgx_ref, delta * x[i] * mult * gate_i * (1.0 - gate_i), b, t0 + i)
+            cols.store(dga_ref, d_log_a * (-8.0 * sp) * r * (1.0 - r), b, t0 + i)
+            dsp = dsp + d_log_a * (-8.0 * r)
+            c = a * delta
+        return c, dsp
+
+    c, dsp = _reverse_chunks(
+        t, block_t, rows, (cols.load(dhlast_ref, b), jnp.zeros((block_d,), _F32))
+    )
+    cols.store(dsp_ref, dsp, b)
+    cols.store(dh0_ref, c, b)  # dh0 = a_0 δ_0
+
+
+def _seg(segment_pos, b: int, t: int):
+    """int32 [b, t] (a dummy [1, 1] when there are no resets: never read)."""
+    if segment_pos is None:
+        return jnp.ones((1, 1), jnp.int32)
+    return segment_pos.astype(jnp.int32)
+
+
+def _rglru_fwd(x, gx, ga, a_param, seg, h0, has_seg, cfg: Config, interpret: bool):
+    b, t, d = x.shape
+    kernel = functools.partial(
+        _rglru_fwd_kernel, t=t, d=d, block_t=cfg.block_t, block_d=cfg.block_d, has_seg=has_seg
+    )
+    return pl.pallas_call(
+        kernel,
+        out_shape=(jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((b, d), _F32)),
+        grid=(b, pl.cdiv(d, cfg.block_d)),
+        name="griffin_rglru_fwd",
+        **_params(cfg, interpret),
+    )(x, gx, ga, a_param, seg, h0)
+
+
+def _rglru_bwd(x, gx, ga, a_param, seg, h0, y, dy, dh_last, has_seg, cfg, interpret):
+    b, t, d = x.shape
+    kernel = functools.partial(
+        _rglru_bwd_kernel, t=t, d=d, block_t=cfg.block_t, block_d=cfg.block_d, has_seg=has_seg
+    )
+    return pl.pallas_call(
+        kernel,
+        out_shape=(
+            jax.ShapeDtypeStruct(x.shape, x.dtype),
+            jax.ShapeDtypeStruct(gx.shape, gx.dtype),
+            jax.ShapeDtypeStruct(ga.shape, ga.dtype),
+            jax.ShapeDtypeStruct((b, d), _F32),
+            jax.ShapeDtypeStruct((b, d), _F32),
+        ),
+        grid=(b, pl.cdiv(d, cfg.block_d)),
+        name="griffin_rglru_bwd",
+        **_params(cfg, interpret),
+    )(x, gx, ga, a_param, seg, h0, y, dy, dh_last)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def _rg_lru(x, gx, ga, a_param, seg, h0, has_seg, fwd_cfg, bwd_cfg, interpret):
+    return _rglru_fwd(x, gx, ga, a_param, seg, h0, has_seg, fwd_cfg, interpret)
+
+
+def _rg_lru_vjp_fwd(x, gx, ga, a_param, seg, h0, has_seg, fwd_cfg, bwd_cfg, interpret):
+    y, h_last = _rglru_fwd(x, gx, ga, a_param, seg, h0, has_seg, fwd_cfg, interpret)
+    return (y, h_last), (x, gx, ga, a_param, seg, h0, y)
+
+
+def _rg_lru_vjp_bwd(has_seg, fwd_cfg, bwd_cfg, interpret, res, cotangents):
+    x, gx, ga, a_param, seg, h0, y = res
+    dy, dh_last = cotangents
+    dx, dgx, dga, dsp, dh0 = _rglru_bwd(
+        x, gx, ga, a_param, seg, h0, y, dy, dh_last.astype(_F32), has_seg, bwd_cfg, interpret
+    )
+    d_a_param = (dsp.sum(0) * jax.nn.sigmoid(a_param.astype(_F32))).astype(a_param.dtype)
+    return dx, dgx, dga, d_a_param, None, dh0.astype(h0.dtype)
+
+
+_rg_lru.defvjp(_rg_lru_vjp_fwd, _rg_lru_vjp_bwd)
+
+
+def rg_lru(
+    x: jax.Array,
+    gate_x: jax.Array,
+    gate_a: jax.Array,
+    a_param: jax.Array,
+    segment_pos: jax.Array | None = None,
+    h0: jax.Array | None = None,
+    *,
+    fwd_config: Config | None = None,
+    bwd_config: Config | None = None,
+    interpret: bool | None = None,
+):
+    """The fused RG-LRU with Pallas kernels (forward and backward); as rg_lru_ref.
+
+    Args:
+      x, gate_x, gate_a: [b, t, d] (the gates pre-sigmoid). a_param: [d] (Λ).
+      segment_pos: int [b, t] or None (0 = document start: the state resets). h0: float32 [b, d]
+        or None.
+      fwd_config / bwd_config: launch parameters (default RGLRU_FWD_CONFIG / RGLRU_BWD_CONFIG).
+      interpret: run in Pallas's interpreter (default: default_interpret()).
+    Returns:
+      y: [b, t, d] in x.dtype; h_last: float32 [b, d]. Differentiable in x, gate_x, gate_a,
+      a_param and h0.
+    """
+    if x.ndim != 3 or gate_x.shape != x.shape or gate_a.shape != x.shape:
+        raise ValueError(
+            f"x, gate_x, gate_a must be [b, t, d]; got {x.shape}, {gate_x.shape}, {gate_a.shape}"
+        )
+    b, t, d = x.shape
+    if a_param.shape != (d,):
+        raise ValueError(f"a_param must be [d] = [{d}], got {a_param.shape}")
+    if segment_pos is not None and segment_pos.shape != (b, t):
+        raise ValueError(f"segment_pos must be [b, t] = [{b}, {t}], got {segment_pos.shape}")
+    state = _state0(h0, b, d)
+    if t == 0:
+        return jnp.zeros(x.shape, x.dtype), state
+    return _rg_lru(
+        x,
+        gate_x,
+        gate_a,
+        a_param,
+        _seg(segment_pos, b, t),
+        state,
+        segment_pos is not None,
+        _checked_config(fwd_config or RGLRU_FWD_CONFIG),
+        _checked_config(bwd_config or RGLRU_BWD_CONFIG),
+        default_interpret() if interpret is None else bool(interpret),
+    )
