@@ -89,6 +89,33 @@ max_batch = 4
 
 
 @pytest.mark.parametrize(
+    "impl",
+    [i for i in catalog.model_implementations() if i.backend == "torch"],
+    ids=lambda i: i.name,
+)
+def test_torch_inference_builds_no_autograd_graph(impl):
+    """prefill and decode are inference for every torch implementation alike: a handle that left
+    autograd on would record a graph and keep activations (slower, and an unfair comparison)."""
+    if catalog.missing_requirements(impl):
+        pytest.skip(catalog.missing_requirements(impl))
+    import torch
+
+    from bench.backends import backend_for
+    from bench.worker import source_model
+
+    model = model_for(impl)
+    handle = catalog.adapter(impl).build(
+        source_model(model, "float32", "cpu"), "float32", backend_for("torch", "cpu")
+    )
+    tokens = torch.randint(0, 256, (2, 9))
+    pos = torch.arange(9).repeat(2, 1)
+    logits, cache = handle.prefill(tokens, pos)
+    assert not logits.requires_grad
+    logits, _ = handle.decode(tokens[:, :1], pos[:, -1:] + 1, handle.fresh(cache))
+    assert not logits.requires_grad
+
+
+@pytest.mark.parametrize(
     "impl", [i for i in catalog.IMPLEMENTATIONS if i.kind == "kernel"], ids=lambda i: i.name
 )
 def test_every_available_kernel_implementation_runs_its_ops(impl, tmp_path):

@@ -11,7 +11,7 @@ from util import inputs, randomize_zeros_, rel_err
 
 from models.config import preset
 from models.torch import Model
-from models.torch.optimized import StaticDecoder, chunked_loss, copy_cache
+from models.torch.optimized import GraphedPrefill, StaticDecoder, chunked_loss, copy_cache
 
 CASES = {
     "hawk-tiny": preset("hawk-tiny"),
@@ -122,6 +122,33 @@ def test_plain_causal_fast_path_equals_reference(name, t, resets, causal, monkey
     with torch.no_grad():
         assert rel_err(opt(tokens, pos), ref(tokens, pos)) <= TOL
     assert len(asked) == 2  # once per forward of the optimized model (one host sync), not per layer
+
+
+@pytest.mark.parametrize("name", ["griffin-tiny", "mqa-tiny"])
+def test_graphed_prefill_equals_prefill(name):
+    """GraphedPrefill (a CUDA-graph replay on a GPU, eager elsewhere) = model.prefill: replays of
+    one shape with new data, a second graph for rows with document starts, results that stay
+    valid after the next call."""
+    _, opt = pair(CASES[name])
+    prefill = GraphedPrefill(opt, logits="last")
+    vocab = CASES[name].vocab_size
+    results = []
+    for seed, resets in ((1, None), (2, None), (3, RESETS), (4, None)):
+        tokens, pos = data(3, 12, vocab, resets and {0: [6]}, seed=seed)
+        logits, cache = prefill(tokens, pos)
+        with torch.no_grad():
+            want, want_cache = opt.prefill(tokens, pos, logits="last")
+        assert rel_err(logits, want) <= TOL, seed
+        for got_c, want_c in zip(cache.blocks, want_cache.blocks, strict=True):
+            for f in want_c.__dataclass_fields__:
+                got_t, want_t = getattr(got_c, f), getattr(want_c, f)
+                if want_t.is_floating_point():
+                    assert rel_err(got_t, want_t) <= TOL, (seed, f)
+                else:
+                    assert torch.equal(got_t, want_t), (seed, f)
+        results.append((logits.clone(), logits))
+    assert all(torch.equal(kept, returned) for kept, returned in results)  # not overwritten
+    assert prefill.graphed  # on a GPU: captured, not fallen back to eager
 
 
 def test_state_dicts_are_interchangeable():

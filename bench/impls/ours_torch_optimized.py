@@ -1,9 +1,11 @@
 """ours-torch-optimized: models.torch.Model(impl="optimized") on the source model's weights.
 
-Training uses models.torch.optimized.chunked_loss (no [b, t, vocab] logits in memory). Decode runs
-through models.torch.optimized.StaticDecoder: on a GPU each step is one CUDA-graph
-replay of the torch.compile'd step over static caches (one decoder at a time, reloaded from the prefilled cache by `fresh`,
-rebuilt when the batch size changes); on the CPU the same step runs eagerly.
+Prefill is models.torch.optimized.GraphedPrefill: on a GPU one CUDA-graph replay per call (the
+graph captured on the first call of each shape). Training uses models.torch.optimized.chunked_loss
+(no [b, t, vocab] logits in memory). Decode runs through models.torch.optimized.StaticDecoder: on
+a GPU each step is one CUDA-graph replay of the torch.compile'd step over static caches (one
+decoder at a time, reloaded from the prefilled cache by `fresh`, rebuilt when the batch size
+changes). On the CPU both run eagerly.
 """
 
 from __future__ import annotations
@@ -20,8 +22,14 @@ def supports(cfg) -> str | None:
 
 class Handle(ours_torch.Handle):
     def __init__(self, model, backend):
+        from models.torch.optimized import GraphedPrefill
+
         super().__init__(model, backend)
         self._decoder = None  # one at a time: a throughput sweep would otherwise keep them all
+        self._prefill = GraphedPrefill(self.model, logits="last")
+
+    def prefill(self, tokens, pos):
+        return self._prefill(tokens, pos)
 
     def fresh(self, cache):
         import torch

@@ -128,7 +128,8 @@ class Model(nn.Module):
         if self.impl == "optimized" and cache is None and tokens.shape[1] > 1:
             from models.torch import optimized  # attention asks once per forward, here
 
-            hint = optimized._ONE_DOCUMENT.set(optimized.one_document(segment_pos))
+            if optimized._ONE_DOCUMENT.get() is None:  # (a CUDA-graph capture sets it before)
+                hint = optimized._ONE_DOCUMENT.set(optimized.one_document(segment_pos))
         x = self.embed(tokens)
         length = 0 if cache is None else cache.length
         new_blocks = []
