@@ -170,40 +170,59 @@ class AttentionBlock(nn.Module):
         """An empty cache sized for n_tokens (ring buffer of `window` slots when local)."""
         window = self.cfg.attention_window
         slots = window if window is not None else global_capacity(n_tokens)
-        zeros = torch.zeros(batch, slots, self.cfg.head_dim, dtype=dtype, device=device)
-        return AttentionCache(
-            k=zeros,
-            v=zeros.clone(),
-            pos=torch.full((slots,), -1, dtype=torch.long, device=device),
-            doc_start=torch.zeros(batch, dtype=torch.long, device=device),
-        )
+        return attention_cache(self.cfg, batch, slots, dtype, device)
 
     def _write(self, cache: AttentionCache, k, v, length: int, doc_start) -> AttentionCache:
-        """Store the new keys/values k, v: [b, t, h] of stream indices length .. length + t - 1."""
-        window = self.cfg.attention_window
-        t = k.shape[1]
-        if window is None:
-            slots_now = cache.k.shape[1]
-            if length + t > slots_now:  # grow: a global context keeps every token
-                pad = global_capacity(length + t) - slots_now
-                cache = AttentionCache(
-                    k=F.pad(cache.k, (0, 0, 0, pad)),
-                    v=F.pad(cache.v, (0, 0, 0, pad)),
-                    pos=F.pad(cache.pos, (0, pad), value=-1),
-                    doc_start=cache.doc_start,
-                )
-            pos = torch.arange(length, length + t, device=k.device)
-            slots = pos
-        else:  # ring buffer: only the last `window` tokens can be seen again
-            keep = min(window, t)
-            k, v = k[:, t - keep :], v[:, t - keep :]
-            pos = torch.arange(length + t - keep, length + t, device=k.device)
-            slots = pos % window
-        new_k, new_v, new_pos = cache.k.clone(), cache.v.clone(), cache.pos.clone()
-        new_k[:, slots] = k.to(new_k.dtype)
-        new_v[:, slots] = v.to(new_v.dtype)
-        new_pos[slots] = pos
-        return AttentionCache(new_k, new_v, new_pos, doc_start)
+        """A new cache holding the new keys/values k, v: [b, t, h] of stream indices
+        length .. length + t - 1 (the old cache unchanged)."""
+        cache = grow_global(self.cfg, cache, length + k.shape[1])
+        new = AttentionCache(cache.k.clone(), cache.v.clone(), cache.pos.clone(), doc_start)
+        write_kv_(new, k, v, length, self.cfg.attention_window)
+        return new
+
+
+def attention_cache(cfg: ModelConfig, batch: int, slots: int, dtype, device) -> AttentionCache:
+    """An empty attention cache of `slots` key/value slots (pos -1: empty)."""
+    zeros = torch.zeros(batch, slots, cfg.head_dim, dtype=dtype, device=device)
+    return AttentionCache(
+        k=zeros,
+        v=zeros.clone(),
+        pos=torch.full((slots,), -1, dtype=torch.long, device=device),
+        doc_start=torch.zeros(batch, dtype=torch.long, device=device),
+    )
+
+
+def grow_global(cfg: ModelConfig, cache: AttentionCache, n_tokens: int) -> AttentionCache:
+    """A global-attention cache with room for n_tokens (doubling; new slots empty); a local
+    cache, or one with room already, is returned as is."""
+    if cfg.attention_window is not None or n_tokens <= cache.k.shape[1]:
+        return cache
+    pad = global_capacity(n_tokens) - cache.k.shape[1]
+    return AttentionCache(
+        k=F.pad(cache.k, (0, 0, 0, pad)),
+        v=F.pad(cache.v, (0, 0, 0, pad)),
+        pos=F.pad(cache.pos, (0, pad), value=-1),
+        doc_start=cache.doc_start,
+    )
+
+
+def write_kv_(cache: AttentionCache, k, v, length: int, ring: int | None) -> None:
+    """Store keys/values k, v [b, t, h] of stream indices length .. length + t - 1 in place: in
+    slot = index (ring None: a global cache with room) or index % ring (a ring buffer of `ring`
+    slots keeps only the last `ring` tokens; the reference uses window slots, the optimized path
+    window + 1, the window and the query's own)."""
+    t = k.shape[1]
+    if ring is None:
+        pos = torch.arange(length, length + t, device=k.device)
+        slots = pos
+    else:
+        keep = min(ring, t)
+        k, v = k[:, t - keep :], v[:, t - keep :]
+        pos = torch.arange(length + t - keep, length + t, device=k.device)
+        slots = pos % ring
+    cache.k[:, slots] = k.to(cache.k.dtype)
+    cache.v[:, slots] = v.to(cache.v.dtype)
+    cache.pos[slots] = pos
 
 
 class ResidualBlock(nn.Module):

@@ -190,48 +190,24 @@ def slots_for(cfg, n_tokens: int) -> int:
 
 
 def empty_attention_cache(cfg, batch: int, n_tokens: int, dtype, device):
-    from models.torch.blocks import AttentionCache
+    from models.torch.blocks import attention_cache
 
-    slots = slots_for(cfg, n_tokens)
-    zeros = torch.zeros(batch, slots, cfg.head_dim, dtype=dtype, device=device)
-    return AttentionCache(
-        k=zeros,
-        v=zeros.clone(),
-        pos=torch.full((slots,), -1, dtype=torch.long, device=device),
-        doc_start=torch.zeros(batch, dtype=torch.long, device=device),
-    )
+    return attention_cache(cfg, batch, slots_for(cfg, n_tokens), dtype, device)
 
 
 def _ensure_room(blk, cache, n_tokens: int):
     """A global cache grows (doubling) to hold n_tokens; a ring buffer never needs to."""
-    from models.torch.blocks import AttentionCache
+    from models.torch.blocks import grow_global
 
-    if blk.cfg.attention_window is not None or n_tokens <= cache.k.shape[1]:
-        return cache
-    pad = slots_for(blk.cfg, n_tokens) - cache.k.shape[1]
-    return AttentionCache(
-        k=F.pad(cache.k, (0, 0, 0, pad)),
-        v=F.pad(cache.v, (0, 0, 0, pad)),
-        pos=F.pad(cache.pos, (0, pad), value=-1),
-        doc_start=cache.doc_start,
-    )
+    return grow_global(blk.cfg, cache, n_tokens)
 
 
 def _write(cache, k, v, length: int, window: int | None) -> None:
-    """Store keys/values k, v [b, t, h] of stream indices length .. length + t - 1, in place."""
-    t = k.shape[1]
-    if window is None:
-        pos = torch.arange(length, length + t, device=k.device)
-        slots = pos
-    else:
-        ring = window + 1
-        keep = min(ring, t)
-        k, v = k[:, t - keep :], v[:, t - keep :]
-        pos = torch.arange(length + t - keep, length + t, device=k.device)
-        slots = pos % ring
-    cache.k[:, slots] = k.to(cache.k.dtype)
-    cache.v[:, slots] = v.to(cache.v.dtype)
-    cache.pos[slots] = pos
+    """Store keys/values k, v [b, t, h] of stream indices length .. length + t - 1, in place
+    (local attention: a ring of window + 1 slots)."""
+    from models.torch.blocks import write_kv_
+
+    write_kv_(cache, k, v, length, None if window is None else window + 1)
 
 
 def copy_cache(cache):
