@@ -6,8 +6,9 @@
 
 The measurements are pytest-benchmark runs of tests/regress/test_speed.py: every case is a kernel
 implementation of the catalog (the same adapters the `kernels` suite times) on one shape, each
-call synchronised (a GPU's queue drained before the clock stops), warm-up rounds apart, the
-median kept. The check then applies two rules:
+round synchronised (a GPU's queue drained before the clock stops; on a GPU a torch case's round is
+one CUDA-graph replay, see capture_round), warm-up rounds apart, the median kept. The check then
+applies two rules:
 
 1. Against this device's stored baseline (results/baselines/DEVICE_KEY.json, keyed by GPU name,
    driver and library versions): a case whose median grew by more than `threshold` fails, with
@@ -23,6 +24,7 @@ or on a new device/driver/library version (a new key starts without a baseline).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -121,6 +123,92 @@ def medians(bench_json: dict) -> dict[str, float]:
     return out
 
 
+def timers(bench_json: dict) -> dict[str, str]:
+    """case id -> the timer its rounds used ("cuda-graph" | "eager"), where the run recorded it."""
+    out = {}
+    for b in bench_json.get("benchmarks", []):
+        info = b.get("extra_info") or {}
+        if info.get("timer"):
+            out[info.get("case") or b["name"]] = info["timer"]
+    return out
+
+
+def timer_for(case_id: str, device: str) -> str | None:
+    """How a kernel case's rounds are timed ("cuda-graph" or "eager"; None for a case not in
+    CASES): on a GPU the torch cases replay a CUDA graph of the round (see capture_round), except
+    the _ref loops, host-bound by design; JAX cases (one XLA executable per call) and everything
+    on the CPU run eagerly, call by call."""
+    case = next((c for c in CASES if c.id == case_id), None)
+    if case is None:
+        return None
+    if form(device) != "cuda" or "loop" in case.impl:
+        return "eager"
+    from bench import catalog
+
+    return "cuda-graph" if catalog.implementation(case.impl).backend == "torch" else "eager"
+
+
+def capture_round(fn, calls: int, warmup: int = 3):
+    """`calls` calls of `fn` captured as one CUDA graph; returns a function that replays it and
+    waits for the GPU. Raises whatever the capture raises (after waiting for the GPU again).
+
+    Why: a torch fwd+bwd call goes through torch.autograd.grad (Python, the autograd engine,
+    allocations), and when the host's speed dips the GPU idles between kernels. On the H100 at
+    2e5132b (results/h100/regress/run-*-2e5132b.json) the scan fwd+bwd medians of three
+    consecutive runs on one machine were 0.45 / 0.55 / 0.37 ms, with interquartile ranges as wide
+    as 0.457-0.625 ms within a run, while the forward-only cases repeated within 3%. A replayed
+    graph launches the same kernels with no host work between them.
+
+    The standard pattern: warm-up calls on a side stream (Triton's compilation and autotuning,
+    the allocator's first blocks), then the capture; the outputs and autograd's buffers come from
+    the graph's private pool, so the inputs must stay the same tensors (no per-round setup).
+    """
+    import torch
+
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(warmup):
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+        torch.cuda.synchronize()
+    except Exception:
+        with contextlib.suppress(Exception):  # leave the device idle for the eager fallback
+            torch.cuda.synchronize()
+        raise
+
+    def replay():
+        graph.replay()
+        torch.cuda.synchronize()
+
+    return replay
+
+
+def round_target(fn, calls: int, sync, timer: str, capture=capture_round):
+    """(target, timer used, capture error or None): the function pytest-benchmark times for one
+    round of `calls` calls of `fn`. "cuda-graph": a replay of the captured round; when the capture
+    raises (a peer that cannot be captured), the eager round instead, with the error. "eager":
+    the calls queued one by one, one `sync` after the last."""
+
+    def eager(*args):
+        for _ in range(calls - 1):
+            fn(*args)
+        sync(fn(*args))
+
+    if timer != "cuda-graph":
+        return eager, "eager", None
+    try:
+        return capture(fn, calls), "cuda-graph", None
+    except Exception as e:
+        return eager, "eager", f"{type(e).__name__}: {e}"[:500]
+
+
 def host_bound(case: str) -> bool:
     """Cases whose time is the host's Python speed, not the device's: our _ref loops (one small
     launch per step) and the eager reference decode. On the H100 their medians moved 1.3-1.75x
@@ -135,9 +223,20 @@ def check(
     device: str,
     threshold: float = THRESHOLD,
     key: str = "",
+    timers: dict[str, str] | None = None,
+    baseline_timers: dict[str, str] | None = None,
 ) -> tuple[list[str], list[str]]:
-    """(failures, notes): slowdowns against the baseline and same-run ratio violations."""
+    """(failures, notes): slowdowns against the baseline and same-run ratio violations. `timers`
+    (case -> timer used, see `timers()`) marks a case timed otherwise than planned (timer_for):
+    a torch case whose CUDA-graph capture failed on a GPU, timed eagerly. A case timed otherwise
+    than its baseline (`baseline_timers`; "eager" where a baseline recorded none) is not compared:
+    a graph replay and eager calls measure different things, so the baseline must be re-saved."""
     failures, notes = [], []
+
+    def tag(case):
+        used, planned = (timers or {}).get(case), timer_for(case, device)
+        return f" [{used} timer, not {planned}]" if used and planned and used != planned else ""
+
     if baseline:
         for case, new in sorted(run.items()):
             base = baseline.get(case)
@@ -145,7 +244,15 @@ def check(
                 notes.append(f"{case}: host-bound, no baseline check ({new * 1e3:.4f} ms)")
                 continue
             if base is None:
-                notes.append(f"{case}: no baseline median on {key}")
+                notes.append(f"{case}: no baseline median on {key}{tag(case)}")
+                continue
+            used = (timers or {}).get(case, "eager")
+            base_timer = (baseline_timers or {}).get(case, "eager")
+            if used != base_timer:
+                notes.append(
+                    f"{case}: timed with the {used} timer, its baseline with the {base_timer} "
+                    "timer: not compared (re-save the baseline, --save-baseline)"
+                )
                 continue
             ratio = new / base
             line = (
@@ -153,11 +260,16 @@ def check(
                 f"{ratio:.2f}x"
             )
             if ratio > 1 + threshold:
-                failures.append(f"{line}, slower by more than the {threshold:.0%} threshold")
+                failures.append(
+                    f"{line}, slower by more than the {threshold:.0%} threshold{tag(case)}"
+                )
             else:
-                notes.append(line)
+                notes.append(line + tag(case))
     else:
         notes.append(f"no baseline for {key}: only the same-run ratios are checked")
+        notes += [
+            f"{case}: median {run[case] * 1e3:.4f} ms{tag(case)}" for case in run if tag(case)
+        ]
     column = 2 if form(device) == "cuda" else 3
     for rule in RATIOS:
         num, dens, limit = rule[0], rule[1], rule[column]
@@ -180,7 +292,19 @@ def load_baseline(key: str, directory: Path = BASELINES) -> dict[str, float] | N
     return json.loads(path.read_text())["medians_s"] if path.exists() else None
 
 
-def save_baseline(key: str, run: dict[str, float], directory: Path = BASELINES) -> Path:
+def load_baseline_timers(key: str, directory: Path = BASELINES) -> dict[str, str]:
+    """case -> timer of a stored baseline ({} for a baseline saved before timers were recorded:
+    its cases were all timed eagerly)."""
+    path = baseline_path(key, directory)
+    return json.loads(path.read_text()).get("timers", {}) if path.exists() else {}
+
+
+def save_baseline(
+    key: str,
+    run: dict[str, float],
+    directory: Path = BASELINES,
+    timers: dict[str, str] | None = None,
+) -> Path:
     from bench import env
 
     path = baseline_path(key, directory)
@@ -190,6 +314,7 @@ def save_baseline(key: str, run: dict[str, float], directory: Path = BASELINES) 
         "saved": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git_sha": env.git_sha(),
         "medians_s": dict(sorted(run.items())),
+        "timers": dict(sorted((timers or {}).items())),
     }
     path.write_text(json.dumps(doc, indent=1) + "\n")
     return path
@@ -213,11 +338,20 @@ def main(argv: list[str] | None = None) -> int:
     key = (doc.get("machine_info") or {}).get("griffin_device_key") or device_key(device)
     directory = Path(args.baselines)
     if args.save_baseline:
-        print(f"baseline saved: {save_baseline(key, run, directory)} ({len(run)} cases)")
+        saved = save_baseline(key, run, directory, timers(doc))
+        print(f"baseline saved: {saved} ({len(run)} cases)")
         baseline = None
     else:
         baseline = load_baseline(key, directory)
-    failures, notes = check(run, baseline, device, args.threshold, key)
+    failures, notes = check(
+        run,
+        baseline,
+        device,
+        args.threshold,
+        key,
+        timers(doc),
+        load_baseline_timers(key, directory),
+    )
     for line in notes:
         print("  ok   " + line)
     for line in failures:

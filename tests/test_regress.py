@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench import regress
 from bench.results import read_records
@@ -22,6 +23,18 @@ def test_medians_are_per_call():
         {"name": "test_speed[x]", "extra_info": {}, "stats": {"median": 2.0}},
     ]}  # fmt: skip
     assert regress.medians(doc) == {"scan-fwd-ours-triton": 1.0e-4, "test_speed[x]": 2.0}
+
+
+def test_a_case_timed_otherwise_than_its_baseline_is_not_compared():
+    run = {"scan-fwd-ours-triton": 2.0e-3}
+    base = {"scan-fwd-ours-triton": 1.0e-3}
+    graph = {"scan-fwd-ours-triton": "cuda-graph"}
+    # a baseline saved before timers were recorded was timed eagerly: a graph run skips the case
+    failures, notes = regress.check(run, base, "cuda", key="k", timers=graph)
+    assert failures == [] and any("not compared (re-save the baseline" in n for n in notes)
+    # same timer on both sides: compared (and here 2x slower)
+    failures, _ = regress.check(run, base, "cuda", key="k", timers=graph, baseline_timers=graph)
+    assert len(failures) == 1 and "2.00x" in failures[0]
 
 
 def test_check_names_case_baseline_median_and_ratio():
@@ -42,6 +55,113 @@ def test_check_names_case_baseline_median_and_ratio():
     # a same-run ratio over its limit fails on its own, with or without a baseline
     failures, _ = regress.check({**run, "scan-fwd-ours-triton": 0.2}, None, "cuda")
     assert failures == ["scan-fwd-ours-triton / scan-fwd-ours-torch-loop = 0.200 (allowed <= 0.05)"]
+
+
+def test_timer_per_case():
+    # on a GPU: a CUDA graph for the torch kernels and torch peers, eager for the _ref loops
+    # (host-bound by design) and the JAX cases (one XLA executable per call)
+    assert regress.timer_for("scan-fwdbwd-ours-triton", "cuda") == "cuda-graph"
+    assert regress.timer_for("conv1d-fwd-ours-triton", "cuda:0") == "cuda-graph"
+    assert regress.timer_for("scan-fwdbwd-fla-chunk", "cuda") == "cuda-graph"
+    assert regress.timer_for("rglru-fwdbwd-torch-unfused-rglru", "cuda") == "cuda-graph"
+    assert regress.timer_for("scan-fwdbwd-ours-torch-loop", "cuda") == "eager"
+    assert regress.timer_for("scan-fwd-recurrentgemma-jax-associative", "cuda") == "eager"
+    assert regress.timer_for("decode-fwd-ours-torch-optimized", "cuda") is None  # not a kernel case
+    # on the CPU everything is eager
+    assert {regress.timer_for(c.id, "cpu") for c in regress.CASES} == {"eager"}
+
+
+def test_round_target_replays_a_capture_or_falls_back_to_eager():
+    calls, synced = [], []
+
+    def fn(*args):
+        calls.append(args)
+        return "out"
+
+    # eager: the calls queued one by one, one sync after the last, setup's args passed on
+    target, timer, error = regress.round_target(fn, 3, synced.append, "eager")
+    target(1)
+    assert (timer, error, calls, synced) == ("eager", None, [(1,)] * 3, ["out"])
+
+    def capture(f, n):
+        for _ in range(n):  # a capture runs the calls once (recording them)
+            f()
+        return lambda: synced.append("replay")
+
+    calls.clear(), synced.clear()
+    target, timer, error = regress.round_target(fn, 3, synced.append, "cuda-graph", capture)
+    target()
+    assert (timer, error, len(calls), synced) == ("cuda-graph", None, 3, ["replay"])
+
+    def failing(f, n):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    calls.clear(), synced.clear()
+    target, timer, error = regress.round_target(fn, 3, synced.append, "cuda-graph", failing)
+    target()
+    assert (timer, len(calls), synced) == ("eager", 3, ["out"])
+    assert error == "RuntimeError: operation not permitted when stream is capturing"
+
+
+def test_check_shows_a_timer_other_than_planned():
+    run = {"scan-fwdbwd-ours-triton": 2.0e-3, "scan-fwd-ours-triton": 1.0e-3}
+    base = {"scan-fwdbwd-ours-triton": 1.0e-3, "scan-fwd-ours-triton": 1.0e-3}
+    doc = {"benchmarks": [
+        {"name": "a", "extra_info": {"case": "scan-fwdbwd-ours-triton", "timer": "eager"},
+         "stats": {"median": 2.0e-3}},
+        {"name": "b", "extra_info": {"case": "scan-fwd-ours-triton", "timer": "cuda-graph"},
+         "stats": {"median": 1.0e-3}},
+    ]}  # fmt: skip
+    timers = regress.timers(doc)
+    assert timers == {"scan-fwdbwd-ours-triton": "eager", "scan-fwd-ours-triton": "cuda-graph"}
+    failures, notes = regress.check(
+        run, base, "cuda", key="k", timers=timers, baseline_timers=timers
+    )
+    assert failures == [
+        "scan-fwdbwd-ours-triton: median 2.0000 ms vs baseline 1.0000 ms on k: 2.00x, "
+        "slower by more than the 10% threshold [eager timer, not cuda-graph]"
+    ]
+    assert "scan-fwd-ours-triton: median 1.0000 ms vs baseline 1.0000 ms on k: 1.00x" in notes
+    _, notes = regress.check(run, None, "cuda", key="k", timers=timers)
+    assert "scan-fwdbwd-ours-triton: median 2.0000 ms [eager timer, not cuda-graph]" in notes
+    # on the CPU eager is the plan: no mark
+    failures, notes = regress.check(run, base, "cpu", key="k", timers=dict.fromkeys(run, "eager"))
+    assert not any("timer" in line for line in failures + notes)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_capture_round_on_a_gpu():
+    """Our Triton fwd+bwd captured and replayed gives the eager call's gradients."""
+    from bench import catalog
+    from bench.backends import backend_for
+    from bench.kernel_workloads import make_inputs
+
+    def captured_grads(op):
+        handle = catalog.adapter(catalog.implementation("ours-triton")).build(
+            op, "float32", backend_for("torch", "cuda")
+        )
+        params = {"batch": 2, "seq_len": 256, "width": 128}
+        fn = handle.prepare(make_inputs(op, params, 0, "cuda", "float32"), True)
+        expected = [g.clone() for g in fn()]
+        grads = []  # the last call's gradients: captured outputs, written by every replay
+        regress.capture_round(lambda: grads.append(fn()), 2)()
+        return grads[-1], expected
+
+    for op in ("scan", "rglru", "conv1d"):
+        got, expected = captured_grads(op)
+        for g, want in zip(got, expected, strict=True):
+            torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_a_failed_capture_falls_back_to_eager_on_a_gpu():
+    x = torch.ones(4, device="cuda")
+    target, timer, error = regress.round_target(
+        lambda: x.sum().item(), 2, lambda _: torch.cuda.synchronize(), "cuda-graph"
+    )
+    assert timer == "eager" and error  # .item() syncs with the host: not capturable
+    target()  # the eager round runs, and the device is usable afterwards
+    assert torch.ones(3, device="cuda").sum().item() == 3.0
 
 
 def _bench(tmp_path, case, out, env_extra=None):

@@ -1,12 +1,16 @@
 """Kernel-speed benchmarks for the regression gate (`nox -s regress`; see bench/regress.py).
 
 Each case times one kernel implementation of the catalog, built and fed exactly as the `kernels`
-suite does, with pytest-benchmark: warm-up rounds first, each call synchronised, the median
-compared afterwards by `python -m bench.regress check`. Skipped unless pytest runs with --regress.
-GRIFFIN_BENCH_INJECT_SLOWDOWN=CASE_ID runs that case's call twice (the gate's own test).
+suite does, with pytest-benchmark: warm-up rounds first, each round synchronised, the median
+compared afterwards by `python -m bench.regress check`. On a GPU a torch case's round is one
+replay of a CUDA graph of its calls (bench.regress.capture_round: no host work between kernels),
+the eager calls where the capture fails; the _ref loops, JAX and the CPU run eagerly. Skipped
+unless pytest runs with --regress. GRIFFIN_BENCH_INJECT_SLOWDOWN=CASE_ID runs that case's call
+twice (the gate's own test; under a graph the doubled call is what is captured).
 """
 
 import os
+import warnings
 
 import pytest
 import torch
@@ -45,15 +49,22 @@ def test_speed(case, benchmark):
 
     loop = "loop" in case.impl
     calls = 1 if loop else regress.CALLS_PER_ROUND[FORM]
-
-    def target(*args):
-        for _ in range(calls - 1):
-            fn(*args)
-        sync(fn(*args))
+    # a graph replays the same input tensors: a case with a per-round setup stays eager
+    planned = regress.timer_for(case.id, DEVICE) if setup is None else "eager"
+    target, timer, error = regress.round_target(fn, calls, sync, planned)
+    if error:  # shown in pytest's summary, never an error (even under -W error)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn(
+                f"{case.id}: CUDA-graph capture failed, timed eagerly: {error}", stacklevel=1
+            )
 
     rounds, loop_rounds = regress.ROUNDS[FORM]
     benchmark.extra_info["case"] = case.id
     benchmark.extra_info["calls_per_round"] = calls
+    benchmark.extra_info["timer"] = timer
+    if error:
+        benchmark.extra_info["capture_error"] = error
     benchmark.pedantic(
         target,
         setup=(lambda: (setup(), {})) if setup else None,
