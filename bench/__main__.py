@@ -67,10 +67,19 @@ def _run(args) -> int:
         progress=not args.quiet,
         point_timeout=args.point_timeout,
     )
-    from bench.report import build
     from bench.show import show
 
     show([out])
+    try:
+        from bench.report import build
+    except ImportError as e:  # plotly missing (a bare GPU image): the records are what matter
+        print(
+            f"records: {out}\nreport:  not written ({(e.name or str(e)).split('.')[0]} is "
+            "not installed: "
+            "pip install 'griffin-bench[report]', then python -m bench report "
+            f"{out})"
+        )
+        return 0
     report = build([out], Path(args.report) if args.report else DEFAULT_REPORTS / f"{s.name}.html")
     print(f"records: {out}\nreport:  {report}")
     return 0

@@ -405,6 +405,31 @@ def test_cli_list_and_dry_run(capsys):
     assert "recurrentgemma-tiny" in capsys.readouterr().out  # the suite's CPU overrides
 
 
+def test_run_without_plotly_keeps_its_records_and_says_how_to_report(monkeypatch, tmp_path, capsys):
+    """A GPU image without plotly: the sweep's records are written, the report is skipped with a
+    message (not a traceback after minutes of measurements)."""
+    for name in [
+        m for m in sys.modules if m == "plotly" or m.startswith(("plotly.", "bench.report"))
+    ]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "plotly", None)  # import plotly -> ImportError
+    body = """
+[[case]]
+workload = "prefill"
+models = ["hawk-tiny"]
+impls = ["ours-torch-reference"]
+batch = 1
+prompt = 4
+"""
+    path = write_suite(tmp_path, body)
+    argv = ["run", str(path), "--device", "cpu", "--out", str(tmp_path), "--no-isolate", "--quiet"]
+    assert cli(argv) == 0
+    out = capsys.readouterr().out
+    assert "report:  not written (plotly is not installed" in out
+    records, problems = read_records(tmp_path / "t.jsonl")
+    assert not problems and [r["status"] for r in records if r["workload"] == "prefill"] == ["ok"]
+
+
 def test_every_suite_file_is_valid():
     for name in catalog.suites():
         for device in ("cpu", "cuda"):
