@@ -475,21 +475,49 @@ class GraphedPrefill:
         return graph, tok, pos, out
 
 
-def _chunk_loss(model, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model.logits(h).float(), targets, reduction="sum")
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum over tokens of cross-entropy(cap(x @ w.T), targets) / n, with its gradients computed
+    chunk by chunk in the forward pass: no [n, vocab] logits kept, and none recomputed."""
+
+    @staticmethod
+    def forward(ctx, x, w, targets, cap: float, chunk: int):
+        n = x.shape[0]
+        dx = torch.empty_like(x)
+        dw = torch.zeros_like(w)
+        loss = torch.zeros((), dtype=torch.float32, device=x.device)
+        for i in range(0, n, chunk):
+            xc, tc = x[i : i + chunk], targets[i : i + chunk]
+            logits = (xc @ w.T).float()
+            if cap:
+                t = torch.tanh(logits / cap)
+                logits = t * cap
+            lse = torch.logsumexp(logits, dim=-1)
+            loss += (lse - logits.gather(1, tc[:, None])[:, 0]).sum()
+            g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            g[torch.arange(g.shape[0], device=g.device), tc] -= 1.0
+            if cap:
+                g.mul_(1.0 - t * t)
+            g = g.div_(n).to(x.dtype)
+            dx[i : i + chunk] = g @ w
+            dw.addmm_(g.T, xc)
+        ctx.save_for_backward(dx, dw)
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, grad):
+        dx, dw = ctx.saved_tensors
+        return dx * grad.to(dx.dtype), dw * grad.to(dw.dtype), None, None, None
 
 
 def chunked_loss(model, tokens, segment_pos, targets, chunk_tokens: int = 4096) -> torch.Tensor:
     """Mean float32 next-token cross-entropy without the [b, t, vocab] logits in memory: the
-    output layer and the loss run chunk by chunk of tokens, each chunk's logits recomputed in
-    the backward pass (activation checkpointing) instead of stored. Equals
+    output layer, the loss and their gradients run chunk by chunk of tokens in the forward pass
+    (_LinearCrossEntropy), so the backward neither holds nor recomputes any logits (the output
+    layer is the model's largest matmul: recomputing it, as activation checkpointing of the
+    chunks did, cost a fourth GEMM of [b t, d] x [d, vocab]). Equals
     F.cross_entropy(model(tokens, segment_pos).float().flatten(0, 1), targets.flatten())."""
-    from torch.utils.checkpoint import checkpoint
-
     h = model.features(tokens, segment_pos).flatten(0, 1)
-    flat = targets.flatten()
-    total = h.new_zeros((), dtype=torch.float32)
-    for i in range(0, h.shape[0], chunk_tokens):
-        part = (h[i : i + chunk_tokens], flat[i : i + chunk_tokens])
-        total = total + checkpoint(_chunk_loss, model, *part, use_reentrant=False)
-    return total / h.shape[0]
+    normed = norm(model.final_norm, h)
+    cap = float(model.config.logits_soft_cap or 0.0)
+    w = model.embedder.input_embedding
+    return _LinearCrossEntropy.apply(normed, w, targets.flatten(), cap, chunk_tokens)
