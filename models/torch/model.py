@@ -13,6 +13,7 @@ the RG-LRU state, the Conv1D window and the attention context (also inside decod
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -124,24 +125,20 @@ class Model(nn.Module):
     def _blocks(self, tokens, segment_pos, cache: Cache | None, return_cache: bool):
         """The residual stream after the last block, [b, t, d], and the new cache."""
         check_inputs(tokens, segment_pos)
-        hint = None
+        hint = contextlib.nullcontext()
         if self.impl == "optimized" and cache is None and tokens.shape[1] > 1:
             from models.torch import optimized  # attention asks once per forward, here
 
-            if optimized._ONE_DOCUMENT.get() is None:  # (a CUDA-graph capture sets it before)
-                hint = optimized._ONE_DOCUMENT.set(optimized.one_document(segment_pos))
+            hint = optimized.one_document_hint(segment_pos)
         x = self.embed(tokens)
         length = 0 if cache is None else cache.length
         new_blocks = []
-        try:
+        with hint:
             for i, block in enumerate(self.blocks):
                 x, c = block(
                     x, segment_pos, None if cache is None else cache.blocks[i], length, return_cache
                 )
                 new_blocks.append(c)
-        finally:
-            if hint is not None:
-                optimized._ONE_DOCUMENT.reset(hint)
         new_cache = Cache(new_blocks, length + tokens.shape[1]) if return_cache else None
         return x, new_cache
 

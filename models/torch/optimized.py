@@ -17,6 +17,7 @@ decode twice from the same point.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 
@@ -130,6 +131,20 @@ _ONE_DOCUMENT: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
 def one_document(segment_pos) -> bool:
     """True when no row of segment_pos starts a document after its first token (one host sync)."""
     return not bool((segment_pos[:, 1:] == 0).any())
+
+
+@contextlib.contextmanager
+def one_document_hint(segment_pos):
+    """Within: the attention layers of this forward use the answer of `one_document`, asked here
+    once (unless an enclosing hint, such as a CUDA-graph capture's, already holds one)."""
+    if _ONE_DOCUMENT.get() is not None:
+        yield
+        return
+    token = _ONE_DOCUMENT.set(one_document(segment_pos))
+    try:
+        yield
+    finally:
+        _ONE_DOCUMENT.reset(token)
 
 
 def _plainly_causal(segment_pos, t: int, window: int | None) -> bool:
