@@ -65,6 +65,15 @@ IMPLEMENTATIONS: tuple[Implementation, ...] = (
         "our JAX reference model (models.jax.Model, impl='reference'), jitted",
     ),
     Implementation(
+        "ours-jax-optimized",
+        "jax",
+        "bench.impls.ours_jax_optimized",
+        ("jax", "optax"),
+        "ours",
+        "our optimized JAX model (impl='optimized'): Pallas RG-LRU kernel, causal "
+        "dot_product_attention fast path, donated (in-place) decode caches, jitted",
+    ),
+    Implementation(
         "recurrentgemma-torch",
         "torch",
         "bench.impls.recurrentgemma_torch",

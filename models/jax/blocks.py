@@ -8,6 +8,7 @@ a global-attention cache is grown (doubling) outside jit by `grow`.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -179,10 +180,28 @@ def init_residual_block(key, cfg: ModelConfig, kind: str, dtype) -> dict:
 
 
 def residual_block(
-    cfg: ModelConfig, kind: str, p: dict, x, segment_pos, cache, length, return_cache
+    cfg: ModelConfig,
+    kind: str,
+    p: dict,
+    x,
+    segment_pos,
+    cache,
+    length,
+    return_cache,
+    impl: str = "reference",
+    one_document: bool = False,
 ):
-    """x + mix(RMSNorm(x)), then + MLP(RMSNorm(.)); returns ([b, t, d], new cache or None)."""
-    mix = recurrent_block if kind == RECURRENT else attention_block
+    """x + mix(RMSNorm(x)), then + MLP(RMSNorm(.)); returns ([b, t, d], new cache or None).
+    impl="optimized" runs the mixing block of models/jax/optimized.py (one_document: see there)."""
+    if impl == "optimized":
+        from models.jax import optimized
+
+        if kind == RECURRENT:
+            mix = optimized.recurrent_block
+        else:
+            mix = partial(optimized.attention_block, one_document=one_document)
+    else:
+        mix = recurrent_block if kind == RECURRENT else attention_block
     name = "recurrent_block" if kind == RECURRENT else "attention_block"
     normed = layers.rms_norm(p["temporal_pre_norm"], x, cfg.norm_eps)
     mixed, new_cache = mix(cfg, p[name], normed, segment_pos, cache, length, return_cache)

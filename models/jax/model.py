@@ -9,6 +9,9 @@ shape and takes the stream position as a traced value.
     logits = jm.forward(params, tokens, segment_pos)
     logits, cache = jm.prefill(params, tokens, segment_pos)
     logits, cache = jm.decode(params, tokens[:, -1:], segment_pos[:, -1:], cache)
+
+impl="optimized" (models/jax/optimized.py) takes the same params: the Pallas RG-LRU kernel,
+dot_product_attention on a causal fast path, and a decode step that consumes (donates) its cache.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from models.config import ModelConfig, embed_multiplier
 from models.jax import blocks, layers
 from models.jax.blocks import AttentionCache, BlockCache, RecurrentCache
 
-IMPLS = ("reference",)
+IMPLS = ("reference", "optimized")
 
 
 @partial(jax.tree_util.register_dataclass, data_fields=["blocks"], meta_fields=["length"])
@@ -97,28 +100,51 @@ def logits_from(cfg: ModelConfig, params: dict, x) -> jax.Array:  # [b, t, d] ->
 
 
 def run(
-    cfg: ModelConfig, params, tokens, segment_pos, cache_blocks, length, return_cache, logits="all"
+    cfg: ModelConfig,
+    params,
+    tokens,
+    segment_pos,
+    cache_blocks,
+    length,
+    return_cache,
+    logits="all",
+    *,
+    impl: str = "reference",
+    one_document: bool = False,
 ):
     """The whole stack; cache_blocks None for a fresh stream. Returns (logits, new blocks or None);
-    logits for every position, or for the last one only with logits="last"."""
+    logits for every position, or for the last one only with logits="last". impl="optimized" runs
+    the optimized blocks; one_document=True (static) promises that no row of segment_pos starts a
+    document after its first token (optimized.one_document), for the causal attention fast path."""
     x = embed(cfg, params, tokens)
     new_blocks = []
     for i, (kind, p) in enumerate(zip(cfg.block_types, params["blocks"], strict=True)):
         c = None if cache_blocks is None else cache_blocks[i]
-        x, c = blocks.residual_block(cfg, kind, p, x, segment_pos, c, length, return_cache)
+        x, c = blocks.residual_block(
+            cfg, kind, p, x, segment_pos, c, length, return_cache, impl, one_document
+        )
         new_blocks.append(c)
     x = x if logits == "all" else x[:, -1:]
     return logits_from(cfg, params, x), (new_blocks if return_cache else None)
 
 
 class Model:
-    """Hawk, Griffin or the MQA Transformer in JAX, as `cfg.block_types` says."""
+    """Hawk, Griffin or the MQA Transformer in JAX, as `cfg.block_types` says.
+
+    impl="reference": plain jnp, functional (decode leaves its input cache intact).
+    impl="optimized": the same params and function on models/jax/optimized.py; forward and
+    prefill look once per call (on the host) whether each row holds one document, and decode
+    donates its input cache (consumed: see `decode`).
+    """
 
     def __init__(self, cfg: ModelConfig, impl: str = "reference"):
         if impl not in IMPLS:
             raise ValueError(f"unknown impl {impl!r}; valid impls: {', '.join(IMPLS)}")
         self.config = cfg
         self.impl = impl
+        if impl == "optimized":
+            self._init_optimized(cfg)
+            return
         self._forward = jax.jit(
             lambda params, tokens, seg: run(cfg, params, tokens, seg, None, 0, False)[0]
         )
@@ -132,6 +158,44 @@ class Model:
             lambda params, tokens, seg, cache_blocks, length: run(
                 cfg, params, tokens, seg, cache_blocks, length, True
             )
+        )
+
+    def _init_optimized(self, cfg: ModelConfig) -> None:
+        from models.jax import optimized
+
+        opt = partial(run, cfg, impl="optimized")
+        forward = jax.jit(
+            lambda params, tokens, seg, one_doc: opt(
+                params, tokens, seg, None, 0, False, one_document=one_doc
+            )[0],
+            static_argnums=3,
+        )
+        prefill = jax.jit(
+            lambda params, tokens, seg, logits, one_doc: opt(
+                params, tokens, seg, None, 0, True, logits, one_document=one_doc
+            ),
+            static_argnums=(3, 4),
+        )
+        last = [None, False]  # the last concrete segment_pos looked at, and its answer
+
+        def one_document(seg) -> bool:
+            if seg is last[0]:  # arrays are immutable: one host transfer per new array
+                return last[1]
+            host = optimized.to_host(seg)
+            if host is None:  # traced (the Model called inside a jit): the general path
+                return False
+            last[:] = [seg, optimized.one_document(host)]
+            return last[1]
+
+        self._forward = lambda params, tokens, seg: forward(params, tokens, seg, one_document(seg))
+        self._prefill = lambda params, tokens, seg, logits: prefill(
+            params, tokens, seg, logits, one_document(seg)
+        )
+        self._decode = jax.jit(
+            lambda params, tokens, seg, cache_blocks, length: opt(
+                params, tokens, seg, cache_blocks, length, True
+            ),
+            donate_argnums=3,  # the cache: updated in place where the backend can
         )
 
     def init(self, key, dtype=jnp.float32) -> dict:
@@ -154,7 +218,12 @@ class Model:
         return logits, Cache(new_blocks, tokens.shape[1])
 
     def decode(self, params, tokens, segment_pos, cache: Cache) -> tuple[jax.Array, Cache]:
-        """One step: tokens and segment_pos int [b, 1] -> logits [b, 1, v] and the new cache."""
+        """One step: tokens and segment_pos int [b, 1] -> logits [b, 1, v] and the new cache.
+
+        impl="reference" leaves the input cache unchanged. impl="optimized" donates it: its
+        arrays become the new cache's (updated in place on a GPU) and are deleted, so the input
+        Cache must not be used again; decode from a copy (optimized.copy_cache) to keep it.
+        """
         if not isinstance(cache, Cache):
             raise TypeError(
                 f"cache must be the Cache returned by prefill/decode, got {type(cache).__name__}"
@@ -174,6 +243,10 @@ class Model:
             raise ValueError(
                 f"cache has {len(cache.blocks)} blocks but the model has {self.config.depth}"
             )
+        if self.impl == "optimized":
+            from models.jax import optimized
+
+            optimized.check_cache(self.config, cache)
         grown = [blocks.grow(self.config, c, cache.length + 1) for c in cache.blocks]
         logits, new_blocks = self._decode(
             params, tokens, segment_pos, grown, jnp.int32(cache.length)

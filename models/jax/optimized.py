@@ -1,0 +1,268 @@
+"""The optimized path of the JAX model (`Model(cfg, impl="optimized")`): same params pytree, same
+functions, different ops. Mirrors models/torch/optimized.py; models/jax/blocks.py dispatches here.
+
+- Recurrent block: the Pallas RG-LRU kernel (kernels.pallas.rg_lru, differentiable through its
+  custom_vjp with Pallas backward kernels) for prefill and training; a one-token decode step is a
+  plain-jnp single-step update of the Conv1D window and the RG-LRU state (XLA fuses it; a kernel
+  launch for one time step would gain nothing).
+- Attention block, prefill / training without a cache: `jax.nn.dot_product_attention` with
+  `is_causal=True` (and `local_window_size=(window, 0)` when the window cuts) when every row holds
+  one document; that mask is then static (no [b, t, s] mask built from positions) and the cuDNN
+  implementation can skip the masked blocks. Whether the chunk holds one document per row is
+  decided on the host, once per call, by the Model (a static jit argument): a document reset
+  inside the chunk, a traced segment_pos (the Model called inside a user's jit) or a chunk after
+  a cache take the reference attention (explicit mask).
+- Attention decode writes the new key / value into the cache first and attends over the whole
+  buffer: local attention keeps a ring buffer of window + 1 slots (the window's keys and the
+  query's own, so nothing is concatenated per step), global attention the reference's buffer that
+  doubles when full (`blocks.grow`, outside jit).
+
+Decode is jitted with the cache donated (`donate_argnums`): on a GPU the new cache reuses the old
+one's buffers (in-place updates), and on every backend the input Cache is consumed: its arrays are
+deleted and must not be used again. `copy_cache` first to decode twice from the same point.
+
+`GRIFFIN_BENCH_JAX_ATTENTION` picks the implementation of the fast path: "xla" (the default) or
+"cudnn" (cuDNN flash attention: bf16 / fp16 only, a float32 chunk uses XLA).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from kernels import pallas
+from kernels.conv1d_jax import conv1d_ref
+from kernels.rglru_jax import sqrt_bound_derivative
+from models.config import ModelConfig
+from models.jax import layers
+
+ATTENTION_ENV = "GRIFFIN_BENCH_JAX_ATTENTION"
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+
+
+def attention_implementation(dtype) -> str:
+    """The dot_product_attention implementation for the fast path (see the module docstring)."""
+    choice = os.environ.get(ATTENTION_ENV, "") or "xla"
+    if choice not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(
+            f"{ATTENTION_ENV}={choice!r}; valid values: {', '.join(ATTENTION_IMPLEMENTATIONS)}"
+        )
+    if choice == "cudnn" and jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+        return "xla"
+    return choice
+
+
+def to_host(x) -> np.ndarray | None:
+    """A concrete array on the host (one transfer), or None for a traced value."""
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def one_document(segment_pos) -> bool:
+    """True when no row of a concrete segment_pos starts a document after its first token (one
+    transfer to the host); False for a traced segment_pos (the general path is always right)."""
+    host = to_host(segment_pos)
+    return host is not None and not bool(np.any(host[:, 1:] == 0))
+
+
+# ----------------------------------------------------------------------------- recurrent block
+
+
+def conv1d_step(x, w, b, state, reset):
+    """One step of the causal depthwise Conv1D. x: [b, e]; w: [W, e]; b: [e]; state [b, W-1, e]
+    (the previous inputs of the document); reset: bool [b]. Returns (y [b, e], new state)."""
+    window = jnp.concatenate([state.astype(x.dtype), x[:, None]], axis=1)  # [b, W, e]
+    keep_past = jnp.arange(w.shape[0]) == w.shape[0] - 1  # a reset keeps only the current input
+    window = jnp.where(reset[:, None, None] & ~keep_past[None, :, None], 0, window)
+    y = jnp.einsum("bwe,we->be", window, w.astype(x.dtype)) + b.astype(x.dtype)
+    return y.astype(x.dtype), window[:, 1:].astype(state.dtype)
+
+
+def rg_lru_step(x, gate_x, gate_a, a_param, h, reset):
+    """One RG-LRU step, as kernels.rglru_jax.rg_lru_ref for t = 1. x, gates: [b, e]; a_param [e];
+    h: float32 [b, e]; reset: bool [b]. Returns the new state, float32 [b, e]."""
+    log_a = (
+        -8.0
+        * jax.nn.sigmoid(gate_a.astype(jnp.float32))
+        * jax.nn.softplus(a_param.astype(jnp.float32))
+    )
+    a = jnp.exp(log_a)
+    multiplier = sqrt_bound_derivative(1.0 - jnp.exp(2.0 * log_a))
+    a = jnp.where(reset[:, None], 0.0, a)
+    multiplier = jnp.where(reset[:, None], 1.0, multiplier)
+    normalized_x = x.astype(jnp.float32) * jax.nn.sigmoid(gate_x.astype(jnp.float32)) * multiplier
+    return a * h.astype(jnp.float32) + normalized_x
+
+
+def recurrent_block(cfg: ModelConfig, p: dict, x, segment_pos, cache, length, return_cache: bool):
+    """blocks.recurrent_block on the Pallas RG-LRU (a chunk) or a single-step update (decode)."""
+    from models.jax.blocks import RecurrentCache
+
+    del cfg, length
+    y = layers.gelu(layers.linear(p["linear_y"], x))
+    xb = layers.linear(p["linear_x"], x)
+    conv, lru = p["conv_1d"], p["rg_lru"]
+    if cache is not None and x.shape[1] == 1:  # decode
+        reset = segment_pos[:, 0] == 0
+        xs, conv_state = conv1d_step(xb[:, 0], conv["w"], conv["b"], cache.conv, reset)
+        h = rg_lru_step(
+            xs,
+            layers.block_diagonal_linear(lru["input_gate"], xs),
+            layers.block_diagonal_linear(lru["a_gate"], xs),
+            lru["a_param"],
+            cache.rg_lru,
+            reset,
+        )
+        out = layers.linear(p["linear_out"], h[:, None].astype(x.dtype) * y)
+        return out, RecurrentCache(h, conv_state) if return_cache else None
+    xb, conv_state = conv1d_ref(
+        xb, conv["w"], conv["b"], segment_pos, None if cache is None else cache.conv
+    )
+    xb, h_last = pallas.rg_lru(
+        xb,
+        layers.block_diagonal_linear(lru["input_gate"], xb),
+        layers.block_diagonal_linear(lru["a_gate"], xb),
+        lru["a_param"],
+        segment_pos,
+        None if cache is None else cache.rg_lru,
+    )
+    out = layers.linear(p["linear_out"], xb * y)
+    return out, RecurrentCache(h_last, conv_state) if return_cache else None
+
+
+# ----------------------------------------------------------------------------- attention block
+
+
+def causal_attention(q, k, v, window: int | None) -> jax.Array:
+    """Attention of a chunk holding one document per row, no cache: the causal (and window) mask
+    of dot_product_attention. q: [b, t, n, h]; k, v: [b, t, h] (one head). Returns [b, t, n * h].
+    Equals layers.attend with q_pos = k_pos = arange(t) and doc_start = 0."""
+    t = q.shape[1]
+    local = (window, 0) if window is not None and t - 1 > window else None
+    out = jax.nn.dot_product_attention(
+        q,
+        k[:, :, None].astype(q.dtype),
+        v[:, :, None].astype(q.dtype),
+        is_causal=True,
+        local_window_size=local,
+        implementation=attention_implementation(q.dtype),
+    )
+    return out.reshape(*out.shape[:2], -1)
+
+
+def slots_for(cfg: ModelConfig, n_tokens: int) -> int:
+    """Slots of an optimized attention cache: window + 1 (local) or room for n_tokens (global)."""
+    from models.jax.blocks import global_capacity
+
+    window = cfg.attention_window
+    return window + 1 if window is not None else global_capacity(n_tokens)
+
+
+def empty_attention_cache(cfg: ModelConfig, batch: int, n_tokens: int, dtype):
+    from models.jax.blocks import AttentionCache
+
+    slots = slots_for(cfg, n_tokens)
+    return AttentionCache(
+        k=jnp.zeros((batch, slots, cfg.head_dim), dtype),
+        v=jnp.zeros((batch, slots, cfg.head_dim), dtype),
+        pos=jnp.full((slots,), -1, jnp.int32),
+        doc_start=jnp.zeros((batch,), jnp.int32),
+    )
+
+
+def _write(cfg: ModelConfig, cache, k, v, length, doc_start):
+    """Store k, v: [b, t, h] of stream indices length .. length + t - 1: one dynamic slot for a
+    decode step (an in-place update of a donated buffer), else a scatter of the kept tokens."""
+    from models.jax.blocks import AttentionCache
+
+    window = cfg.attention_window
+    ring = None if window is None else window + 1
+    t = k.shape[1]
+    k, v = k.astype(cache.k.dtype), v.astype(cache.v.dtype)
+    if t == 1:
+        slot = length if ring is None else length % ring
+        return AttentionCache(
+            k=lax.dynamic_update_slice_in_dim(cache.k, k, slot, axis=1),
+            v=lax.dynamic_update_slice_in_dim(cache.v, v, slot, axis=1),
+            pos=lax.dynamic_update_slice_in_dim(cache.pos, jnp.reshape(length, (1,)), slot, 0),
+            doc_start=doc_start,
+        )
+    keep = t if ring is None else min(ring, t)
+    pos = length + jnp.arange(t - keep, t, dtype=jnp.int32)
+    slots = pos if ring is None else pos % ring
+    return AttentionCache(
+        k=cache.k.at[:, slots].set(k[:, t - keep :]),
+        v=cache.v.at[:, slots].set(v[:, t - keep :]),
+        pos=cache.pos.at[slots].set(pos),
+        doc_start=doc_start,
+    )
+
+
+def attention_block(
+    cfg: ModelConfig,
+    p: dict,
+    x,
+    segment_pos,
+    cache,
+    length,
+    return_cache: bool,
+    one_document: bool = False,
+):
+    """blocks.attention_block with a causal fast path, and decode in a window + 1 ring buffer.
+    one_document: the caller knows that no row of segment_pos starts a document after index 0."""
+    b, t, _ = x.shape
+    q = layers.linear(p["proj_q"], x).reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k = layers.linear(p["proj_k"], x)[:, :, None]
+    q = layers.apply_rope(q, segment_pos, cfg.rope_dims, cfg.rope_base)
+    k = layers.apply_rope(k, segment_pos, cfg.rope_dims, cfg.rope_base)[:, :, 0]
+    v = layers.linear(p["proj_v"], x)
+    window = cfg.attention_window
+
+    q_pos = length + jnp.arange(t, dtype=jnp.int32)
+    prev_start = jnp.zeros((b,), jnp.int32) if cache is None else cache.doc_start
+    reset_at = jnp.where(segment_pos == 0, q_pos, -1)
+    doc_start = jnp.maximum(prev_start[:, None], lax.cummax(reset_at, axis=1))
+
+    if cache is not None and t == 1:  # decode: write first, then attend over the whole buffer
+        cache = _write(cfg, cache, k, v, length, doc_start[:, -1])
+        out = layers.attend(q, cache.k, cache.v, q_pos, cache.pos, doc_start, window)
+        return layers.linear(p["proj_final"], out), cache if return_cache else None
+    if cache is None and one_document:
+        out = causal_attention(q, k, v, window)
+    elif cache is None:
+        out = layers.attend(q, k, v, q_pos, q_pos, doc_start, window)
+    else:  # a chunk after a cache: the cache's keys, then the chunk's
+        keys = jnp.concatenate([cache.k, k.astype(cache.k.dtype)], axis=1)
+        values = jnp.concatenate([cache.v, v.astype(cache.v.dtype)], axis=1)
+        k_pos = jnp.concatenate([cache.pos, q_pos])
+        out = layers.attend(q, keys, values, q_pos, k_pos, doc_start, window)
+    out = layers.linear(p["proj_final"], out)
+    if not return_cache:
+        return out, None
+    if cache is None:
+        cache = empty_attention_cache(cfg, b, t, x.dtype)
+    return out, _write(cfg, cache, k, v, length, doc_start[:, -1])
+
+
+def check_cache(cfg: ModelConfig, cache) -> None:
+    """A local-attention cache must have the optimized layout (window + 1 slots)."""
+    from models.jax.blocks import AttentionCache
+
+    window = cfg.attention_window
+    for c in cache.blocks:
+        if isinstance(c, AttentionCache) and window is not None and c.k.shape[1] != window + 1:
+            raise ValueError(
+                f"a local-attention cache of {c.k.shape[1]} slots: impl='optimized' decodes from "
+                f"its own layout (window + 1 = {window + 1} slots), from an impl='optimized' prefill"
+            )
+
+
+def copy_cache(cache):
+    """A copy of a Cache with fresh buffers (the optimized decode consumes its input cache)."""
+    return jax.tree_util.tree_map(jnp.copy, cache)
