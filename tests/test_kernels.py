@@ -177,6 +177,38 @@ def test_conv1d(shape, dtype, with_state):
     )
 
 
+@pytest.mark.parametrize("with_state", [False, True])
+def test_conv1d_split_in_time(with_state, monkeypatch):
+    """Both kernels' programs split t into chunks (the backward's partial dw, db summed after):
+    document starts at a chunk's first step, just after it and just before it; outputs, the new
+    state (written by the last chunk) and gradients equal the reference."""
+    import kernels.conv1d as c1
+
+    monkeypatch.setattr(c1, "TARGET_PROGRAMS", 10**6)  # one tile per chunk: 5 chunks
+    b, t, d = 2, 300, 24
+    for config in (c1.FWD_CONFIG, c1.BWD_CONFIG):  # both 64 steps a tile
+        assert c1._time_chunks(b, t, d, config[0], config[1]) == (5, 64)
+    x = leaf(b, t, d, dtype=torch.float32)
+    w, bias = leaf(4, d, dtype=torch.float32), leaf(d, dtype=torch.float32)
+    state = torch.randn(b, 3, d, device=DEVICE) if with_state else None
+    pos = torch.arange(t).repeat(b, 1)
+    for start in (63, 128, 129):  # row 0 only; row 1 one document (the state carried in)
+        pos[0, start:] = torch.arange(t - start)
+    pos = pos.to(DEVICE)
+    y, new_state = conv1d(x, w, bias, pos, state)
+    ref_in = [v.detach().double().requires_grad_() for v in (x, w, bias)]
+    y_ref, state_ref = conv1d_ref(*ref_in, pos, None if state is None else state.double())
+    assert rel(y, y_ref) <= TOL[torch.float32] and rel(new_state, state_ref) <= TOL[torch.float32]
+    gy = torch.randn(b, t, d, device=DEVICE)
+    (y * gy).sum().backward()
+    (y_ref * gy.double()).sum().backward()
+    names = ("dx", "dw", "db")
+    check_grads(
+        {n: (g.grad, r.grad) for n, g, r in zip(names, (x, w, bias), ref_in, strict=True)},
+        torch.float32,
+    )
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(2, 37, 45), (1, 1, 3), (3, 21, 130)], ids=str)
 def test_rms_norm(shape, dtype):
