@@ -481,6 +481,8 @@ class GraphedPrefill:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 out = self._eager(tok, pos)
+        except torch.cuda.OutOfMemoryError:
+            raise  # the shape does not fit (a throughput search): not a reason to stop graphing
         except Exception as e:  # a kernel that cannot be captured: stay eager
             warnings.warn(f"CUDA-graph capture of prefill failed ({e!r}); eager", stacklevel=3)
             self.graphed = False
