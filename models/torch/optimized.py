@@ -504,16 +504,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         loss = torch.zeros((), dtype=torch.float32, device=x.device)
         for i in range(0, n, chunk):
             xc, tc = x[i : i + chunk], targets[i : i + chunk]
+            # float32 [chunk, vocab] buffers are the peak (2 GB each at 2048 x 256k): at most three
+            # live at once, everything else in place
             logits = (xc @ w.T).float()
             if cap:
-                t = torch.tanh(logits / cap)
+                t = logits.div_(cap).tanh_()
                 logits = t * cap
             lse = torch.logsumexp(logits, dim=-1)
             loss += (lse - logits.gather(1, tc[:, None])[:, 0]).sum()
             g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
             g[torch.arange(g.shape[0], device=g.device), tc] -= 1.0
             if cap:
-                g.mul_(1.0 - t * t)
+                g.mul_(t.square_().neg_().add_(1.0))  # d cap*tanh(z/cap) / dz = 1 - tanh^2
+                del t
             g = g.div_(n).to(x.dtype)
             dx[i : i + chunk] = g @ w
             dw.addmm_(g.T, xc)
@@ -526,7 +529,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return dx * grad.to(dx.dtype), dw * grad.to(dw.dtype), None, None, None
 
 
-def chunked_loss(model, tokens, segment_pos, targets, chunk_tokens: int = 4096) -> torch.Tensor:
+def chunked_loss(model, tokens, segment_pos, targets, chunk_tokens: int = 2048) -> torch.Tensor:
     """Mean float32 next-token cross-entropy without the [b, t, vocab] logits in memory: the
     output layer, the loss and their gradients run chunk by chunk of tokens in the forward pass
     (_LinearCrossEntropy), so the backward neither holds nor recomputes any logits (the output
