@@ -193,6 +193,28 @@ def test_static_decoder_equals_reference_forward(name, prompt):
             dec.step(tokens[:, :1], pos[:, :1])
 
 
+def test_static_decoder_plain_ops_step_equals_reference_forward(monkeypatch):
+    """The step a compiled StaticDecoder traces: our kernels' plain-torch twins (which Inductor
+    can fuse), here run eagerly; equal to the reference across resets and past the window."""
+    from models.torch import optimized
+
+    ref, opt = pair(CASES["griffin-tiny"])
+    tokens, pos = data(3, T, CASES["griffin-tiny"].vocab_size, RESETS, seed=5)
+    called = []
+    triton_norm = optimized.rms_norm
+    monkeypatch.setattr(optimized, "rms_norm", lambda *a: called.append(1) or triton_norm(*a))
+    with torch.no_grad():
+        full = ref(tokens, pos)
+        _, cache = opt.prefill(tokens[:, :11], pos[:, :11])
+        dec = StaticDecoder(opt, cache, capacity=T)
+        dec.compile = True  # on the CPU: no compiler, but the step that compile would trace
+        called.clear()
+        for t in range(11, T):
+            logits = dec.step(tokens[:, t : t + 1], pos[:, t : t + 1])
+            assert rel_err(logits, full[:, t : t + 1]) <= TOL, f"decode step {t}"
+    assert len(called) == T - 11  # only the output layer's norm (Model.logits) ran the kernel
+
+
 @pytest.mark.parametrize("name", ["griffin-tiny", "recurrentgemma-tiny"])  # the latter: soft cap
 def test_chunked_loss_equals_the_full_loss_and_its_gradients(name):
     _, opt = pair(CASES[name])

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from kernels._triton import AVAILABLE as TRITON_AVAILABLE
-from kernels.conv1d import conv1d, conv1d_step
-from kernels.fused import gelu_mul, rms_norm
-from kernels.rglru import rg_lru, rg_lru_step
+from kernels.conv1d import conv1d, conv1d_step, conv1d_step_ref
+from kernels.fused import gelu_mul, gelu_mul_ref, rms_norm, rms_norm_ref
+from kernels.rglru import rg_lru, rg_lru_step, rg_lru_step_ref
 from models.torch import layers
 
 
@@ -46,12 +46,18 @@ def check_device(x: torch.Tensor) -> None:
         )
 
 
-def norm(module, x: torch.Tensor) -> torch.Tensor:
+# `plain=True` (below) swaps our Triton kernels for their plain-torch `_ref` twins: for a step
+# that torch.compile fuses (StaticDecoder), where Inductor can merge plain ops with their
+# neighbours (a residual add with the next norm, the gates with the recurrence) but must launch an
+# opaque Triton kernel on its own.
+
+
+def norm(module, x: torch.Tensor, plain: bool = False) -> torch.Tensor:
     """An RMSNorm module's function as one fused kernel (kernels.fused.rms_norm)."""
-    return rms_norm(x, module.scale, module.eps)
+    return (rms_norm_ref if plain else rms_norm)(x, module.scale, module.eps)
 
 
-def mlp_forward(mlp, x: torch.Tensor) -> torch.Tensor:
+def mlp_forward(mlp, x: torch.Tensor, plain: bool = False) -> torch.Tensor:
     """MLPBlock.forward as two matmuls on the halves of ffw_up.w [2, d, m] (the einsum of the
     reference path copies the whole weight into a new layout on every call) and one fused
     gelu(gate) * up kernel."""
@@ -59,7 +65,7 @@ def mlp_forward(mlp, x: torch.Tensor) -> torch.Tensor:
     gate, lin = x @ up.w[0], x @ up.w[1]
     if up.b is not None:
         gate, lin = gate + up.b[0], lin + up.b[1]
-    return mlp.ffw_down(gelu_mul(gate, lin))
+    return mlp.ffw_down((gelu_mul_ref if plain else gelu_mul)(gate, lin))
 
 
 def block_diagonal(lin, x: torch.Tensor) -> torch.Tensor:
@@ -70,8 +76,9 @@ def block_diagonal(lin, x: torch.Tensor) -> torch.Tensor:
     return y.transpose(0, 1).reshape(x.shape)
 
 
-def recurrent_forward(blk, x, segment_pos, cache, return_cache):
-    """RecurrentBlock.forward on the kernels. x: [b, t, d] -> ([b, t, d], cache or None)."""
+def recurrent_forward(blk, x, segment_pos, cache, return_cache, plain: bool = False):
+    """RecurrentBlock.forward on the kernels. x: [b, t, d] -> ([b, t, d], cache or None).
+    `plain`: a decode step in plain torch ops (see norm)."""
     from models.torch.blocks import RecurrentCache  # (blocks imports this module)
 
     check_device(x)
@@ -80,8 +87,13 @@ def recurrent_forward(blk, x, segment_pos, cache, return_cache):
     xb = blk.linear_x(x)
     if cache is not None and x.shape[1] == 1 and not torch.is_grad_enabled():
         reset = segment_pos[:, 0] == 0
-        xs = conv1d_step(xb[:, 0].contiguous(), conv.w, conv.b, cache.conv, reset)
-        hs = rg_lru_step(
+        conv_step, lru_step, mul = (
+            (conv1d_step_ref, rg_lru_step_ref, gelu_mul_ref)
+            if plain
+            else (conv1d_step, rg_lru_step, gelu_mul)
+        )
+        xs = conv_step(xb[:, 0].contiguous(), conv.w, conv.b, cache.conv, reset)
+        hs = lru_step(
             xs,
             block_diagonal(lru.input_gate, xs).contiguous(),
             block_diagonal(lru.a_gate, xs).contiguous(),
@@ -89,7 +101,7 @@ def recurrent_forward(blk, x, segment_pos, cache, return_cache):
             cache.rg_lru,
             reset,
         )
-        return blk.linear_out(gelu_mul(y, hs[:, None])), cache if return_cache else None
+        return blk.linear_out(mul(y, hs[:, None])), cache if return_cache else None
     xb, conv_state = conv1d(xb, conv.w, conv.b, segment_pos, None if cache is None else cache.conv)
     xb, h_last = rg_lru(
         xb,
@@ -265,9 +277,10 @@ class StaticDecoder:
     Every step runs the same kernels on the same addresses: the stream position is a device
     tensor, local attention a ring buffer of window + 1 slots, global attention a buffer of
     `capacity` slots allocated up front (so no step allocates or syncs). On a CUDA device the
-    step is first compiled with torch.compile (`compile=True`, the default there: Inductor fuses
-    the elementwise work between the matmuls and our Triton kernels into a few kernels per
-    layer), run twice on a copy of the state (compiling the kernels, warming cuBLAS), then
+    step is first compiled with torch.compile (`compile=True`, the default there: the step then
+    runs in plain torch ops, our kernels' `_ref` twins, which Inductor fuses with their
+    neighbours into a few kernels between the matmuls), run twice on a copy of the state
+    (compiling the kernels, warming cuBLAS), then
     captured; later steps replay the graph. The returned logits are a static buffer that the
     next step overwrites. Elsewhere (CPU) the same step runs eagerly and uncompiled.
     """
@@ -347,17 +360,21 @@ class StaticDecoder:
         from models.config import RECURRENT
 
         m = self.model
+        plain = self.compile  # compiled: plain torch ops, which Inductor fuses (see norm)
         x = m.embed(self.tokens)
         for blk, c in zip(m.blocks, self.blocks, strict=True):
-            h = norm(blk.temporal_pre_norm, x)
+            h = norm(blk.temporal_pre_norm, x, plain)
             if blk.kind == RECURRENT:
-                mixed, _ = recurrent_forward(blk.temporal_block, h, self.segment_pos, c, False)
+                mixed, _ = recurrent_forward(
+                    blk.temporal_block, h, self.segment_pos, c, False, plain
+                )
             else:
                 mixed = _attention_step_static(
                     blk.temporal_block, h, self.segment_pos, c, self.length
                 )
             residual = mixed + x
-            x = mlp_forward(blk.mlp_block, norm(blk.channel_pre_norm, residual)) + residual
+            x = mlp_forward(blk.mlp_block, norm(blk.channel_pre_norm, residual, plain), plain)
+            x = x + residual
         self.length += 1
         return m.logits(x)
 
