@@ -370,7 +370,9 @@ def rg_lru(
 
     x, gate_x, gate_a: [b, t, d] of one dtype (float32, bfloat16, float16); a_param: [d];
     segment_pos: int [b, t] or None; h0: float32 [b, d] or None. Returns y [b, t, d] in x.dtype
-    and h_last float32 [b, d]; differentiable in x, gate_x, gate_a, a_param and h0.
+    and h_last float32 [b, d]; differentiable in x, gate_x, gate_a, a_param and h0. Called
+    where no gradient is needed, with few sequences (prefill at batch 1), it splits time into
+    chunks across programs (see _time_chunks).
     """
     _check(x, gate_x, gate_a, a_param, segment_pos, h0)
     if len({x.dtype, gate_x.dtype, gate_a.dtype}) != 1 or x.dtype not in (
