@@ -52,8 +52,18 @@ def init_recurrent_block(key, cfg: ModelConfig, dtype) -> dict:
     }
 
 
-def recurrent_block(cfg: ModelConfig, p: dict, x, segment_pos, cache, length, return_cache: bool):
-    """linear_out( RG-LRU(Conv1D(linear_x(x))) * gelu(linear_y(x)) ); x: [b, t, d]."""
+def recurrent_block(
+    cfg: ModelConfig,
+    p: dict,
+    x,
+    segment_pos,
+    cache,
+    length,
+    return_cache: bool,
+    rg_lru=rg_lru_ref,
+):
+    """linear_out( RG-LRU(Conv1D(linear_x(x))) * gelu(linear_y(x)) ); x: [b, t, d]. `rg_lru`: a
+    function with rg_lru_ref's signature (the optimized path passes its own)."""
     del cfg, length
     y = layers.gelu(layers.linear(p["linear_y"], x))
     xb = layers.linear(p["linear_x"], x)
@@ -61,7 +71,7 @@ def recurrent_block(cfg: ModelConfig, p: dict, x, segment_pos, cache, length, re
         xb, p["conv_1d"]["w"], p["conv_1d"]["b"], segment_pos, None if cache is None else cache.conv
     )
     lru = p["rg_lru"]
-    xb, h_last = rg_lru_ref(
+    xb, h_last = rg_lru(
         xb,
         layers.block_diagonal_linear(lru["input_gate"], xb),
         layers.block_diagonal_linear(lru["a_gate"], xb),

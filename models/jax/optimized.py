@@ -2,9 +2,10 @@
 functions, different ops. Mirrors models/torch/optimized.py; models/jax/blocks.py dispatches here.
 
 - Recurrent block: the Pallas RG-LRU kernel (kernels.pallas.rg_lru, differentiable through its
-  custom_vjp with Pallas backward kernels) for prefill and training; a one-token decode step is a
-  plain-jnp single-step update of the Conv1D window and the RG-LRU state (XLA fuses it; a kernel
-  launch for one time step would gain nothing).
+  custom_vjp with Pallas backward kernels) for prefill and training, inside the reference's
+  blocks.recurrent_block; a one-token decode step updates the RG-LRU state with the reference's
+  gates and one multiply-add in jnp (XLA fuses it; a kernel launch for one time step would gain
+  nothing), and the Conv1D is the reference's.
 - Attention block, prefill / training without a cache: `jax.nn.dot_product_attention` with
   `is_causal=True` (and `local_window_size=(window, 0)` when the window cuts) when every row holds
   one document; that mask is then static (no [b, t, s] mask built from positions) and the cuDNN
@@ -35,8 +36,7 @@ import numpy as np
 from jax import lax
 
 from kernels import pallas
-from kernels.conv1d_jax import conv1d_ref
-from kernels.rglru_jax import sqrt_bound_derivative
+from kernels.rglru_jax import rg_lru_gates
 from models.config import ModelConfig
 from models.jax import layers
 
@@ -74,66 +74,26 @@ def one_document(segment_pos) -> bool:
 # ----------------------------------------------------------------------------- recurrent block
 
 
-def conv1d_step(x, w, b, state, reset):
-    """One step of the causal depthwise Conv1D. x: [b, e]; w: [W, e]; b: [e]; state [b, W-1, e]
-    (the previous inputs of the document); reset: bool [b]. Returns (y [b, e], new state)."""
-    window = jnp.concatenate([state.astype(x.dtype), x[:, None]], axis=1)  # [b, W, e]
-    keep_past = jnp.arange(w.shape[0]) == w.shape[0] - 1  # a reset keeps only the current input
-    window = jnp.where(reset[:, None, None] & ~keep_past[None, :, None], 0, window)
-    y = jnp.einsum("bwe,we->be", window, w.astype(x.dtype)) + b.astype(x.dtype)
-    return y.astype(x.dtype), window[:, 1:].astype(state.dtype)
-
-
-def rg_lru_step(x, gate_x, gate_a, a_param, h, reset):
-    """One RG-LRU step, as kernels.rglru_jax.rg_lru_ref for t = 1. x, gates: [b, e]; a_param [e];
-    h: float32 [b, e]; reset: bool [b]. Returns the new state, float32 [b, e]."""
-    log_a = (
-        -8.0
-        * jax.nn.sigmoid(gate_a.astype(jnp.float32))
-        * jax.nn.softplus(a_param.astype(jnp.float32))
-    )
-    a = jnp.exp(log_a)
-    multiplier = sqrt_bound_derivative(1.0 - jnp.exp(2.0 * log_a))
-    a = jnp.where(reset[:, None], 0.0, a)
-    multiplier = jnp.where(reset[:, None], 1.0, multiplier)
-    normalized_x = x.astype(jnp.float32) * jax.nn.sigmoid(gate_x.astype(jnp.float32)) * multiplier
-    return a * h.astype(jnp.float32) + normalized_x
+def rg_lru(x, gate_x, gate_a, a_param, segment_pos=None, h0=None):
+    """rg_lru_ref's function for blocks.recurrent_block: the Pallas kernel on a chunk; for one
+    decode step (t = 1, with a state) the gates and one multiply-add in jnp, which XLA fuses (a
+    kernel launch, or the reference's lax.scan loop, for one time step would gain nothing)."""
+    if x.shape[1] == 1 and h0 is not None:
+        a, normalized_x = rg_lru_gates(x[:, 0], gate_x[:, 0], gate_a[:, 0], a_param,
+                                       None if segment_pos is None else segment_pos[:, 0])  # fmt: skip
+        h = a * h0.astype(jnp.float32) + normalized_x
+        return h[:, None].astype(x.dtype), h
+    return pallas.rg_lru(x, gate_x, gate_a, a_param, segment_pos, h0)
 
 
 def recurrent_block(cfg: ModelConfig, p: dict, x, segment_pos, cache, length, return_cache: bool):
-    """blocks.recurrent_block on the Pallas RG-LRU (a chunk) or a single-step update (decode)."""
-    from models.jax.blocks import RecurrentCache
+    """blocks.recurrent_block on the Pallas RG-LRU (a chunk) or a single-step update (decode);
+    the Conv1D is the reference's (for t = 1 it is a few fused multiply-adds)."""
+    from models.jax import blocks
 
-    del cfg, length
-    y = layers.gelu(layers.linear(p["linear_y"], x))
-    xb = layers.linear(p["linear_x"], x)
-    conv, lru = p["conv_1d"], p["rg_lru"]
-    if cache is not None and x.shape[1] == 1:  # decode
-        reset = segment_pos[:, 0] == 0
-        xs, conv_state = conv1d_step(xb[:, 0], conv["w"], conv["b"], cache.conv, reset)
-        h = rg_lru_step(
-            xs,
-            layers.block_diagonal_linear(lru["input_gate"], xs),
-            layers.block_diagonal_linear(lru["a_gate"], xs),
-            lru["a_param"],
-            cache.rg_lru,
-            reset,
-        )
-        out = layers.linear(p["linear_out"], h[:, None].astype(x.dtype) * y)
-        return out, RecurrentCache(h, conv_state) if return_cache else None
-    xb, conv_state = conv1d_ref(
-        xb, conv["w"], conv["b"], segment_pos, None if cache is None else cache.conv
+    return blocks.recurrent_block(
+        cfg, p, x, segment_pos, cache, length, return_cache, rg_lru=rg_lru
     )
-    xb, h_last = pallas.rg_lru(
-        xb,
-        layers.block_diagonal_linear(lru["input_gate"], xb),
-        layers.block_diagonal_linear(lru["a_gate"], xb),
-        lru["a_param"],
-        segment_pos,
-        None if cache is None else cache.rg_lru,
-    )
-    out = layers.linear(p["linear_out"], xb * y)
-    return out, RecurrentCache(h_last, conv_state) if return_cache else None
 
 
 # ----------------------------------------------------------------------------- attention block
