@@ -75,11 +75,13 @@ def torch_train_step(model, logits_fn, loss_fn=None):
     return step, restore
 
 
-def jax_train_step(loss_logits_fn, params):
+def jax_train_step(loss_logits_fn, params, static_of=None):
     """A jitted training step for a JAX model: forward, float32 cross-entropy, backward, AdamW.
 
     `loss_logits_fn(params, tokens, pos) -> logits`. Params are threaded functionally (donated),
-    so the handle's own params are untouched and restore() has nothing to do.
+    so the handle's own params are untouched and restore() has nothing to do. With `static_of`,
+    `static_of(pos)` (a hashable, computed on the host before each step) is passed to
+    loss_logits_fn as a fourth, static argument: one compilation per value.
     """
     import jax
     import jax.numpy as jnp
@@ -89,20 +91,22 @@ def jax_train_step(loss_logits_fn, params):
     params = jax.tree_util.tree_map(jnp.copy, params)  # donated below; the handle keeps its own
     state = {"params": params, "opt": opt.init(params)}
 
-    def loss_fn(p, tokens, pos, targets):
-        logits = loss_logits_fn(p, tokens, pos).astype(jnp.float32)
+    def loss_fn(p, tokens, pos, targets, static):
+        extra = () if static_of is None else (static,)
+        logits = loss_logits_fn(p, tokens, pos, *extra).astype(jnp.float32)
         logp = jax.nn.log_softmax(logits, axis=-1)
         return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
 
-    @partial(jax.jit, donate_argnums=(0, 1))
-    def update(p, opt_state, tokens, pos, targets):
-        loss, grads = jax.value_and_grad(loss_fn)(p, tokens, pos, targets)
+    @partial(jax.jit, donate_argnums=(0, 1), static_argnums=5)
+    def update(p, opt_state, tokens, pos, targets, static):
+        loss, grads = jax.value_and_grad(loss_fn)(p, tokens, pos, targets, static)
         updates, opt_state = opt.update(grads, opt_state, p)
         return optax.apply_updates(p, updates), opt_state, loss
 
     def step(tokens, pos, targets):
+        static = None if static_of is None else static_of(pos)
         state["params"], state["opt"], loss = update(
-            state["params"], state["opt"], tokens, pos, targets
+            state["params"], state["opt"], tokens, pos, targets, static
         )
         return loss
 

@@ -9,8 +9,6 @@ fast path) is looked up on the host once per new segment_pos array, a static arg
 
 from __future__ import annotations
 
-from functools import partial
-
 from bench.impls import ours_jax
 
 
@@ -25,41 +23,25 @@ class Handle(ours_jax.Handle):
         return copy_cache(cache)  # decode consumes (donates) its input cache
 
     def train_step(self):
-        import jax
-        import jax.numpy as jnp
-        import optax
-
-        from bench.impls.base import LEARNING_RATE
+        from bench.impls.base import jax_train_step
         from models.jax.model import run
         from models.jax.optimized import one_document
 
         cfg = self.jm.config
-        opt = optax.adamw(LEARNING_RATE)
-        params = jax.tree_util.tree_map(jnp.copy, self.params)  # donated below
-        state = {"params": params, "opt": opt.init(params), "pos": None, "one_doc": False}
+        last = [None, False]  # the last positions array looked at, and its answer
 
-        def loss_fn(p, tokens, pos, targets, one_doc):
-            logits, _ = run(
-                cfg, p, tokens, pos, None, 0, False, impl="optimized", one_document=one_doc
-            )
-            logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-            return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
+        def one_doc(pos) -> bool:  # one host transfer per new positions array
+            if pos is not last[0]:
+                last[:] = [pos, one_document(pos)]
+            return last[1]
 
-        @partial(jax.jit, donate_argnums=(0, 1), static_argnums=5)
-        def update(p, opt_state, tokens, pos, targets, one_doc):
-            loss, grads = jax.value_and_grad(loss_fn)(p, tokens, pos, targets, one_doc)
-            updates, opt_state = opt.update(grads, opt_state, p)
-            return optax.apply_updates(p, updates), opt_state, loss
-
-        def step(tokens, pos, targets):
-            if pos is not state["pos"]:  # one host transfer per new positions array
-                state["pos"], state["one_doc"] = pos, one_document(pos)
-            state["params"], state["opt"], loss = update(
-                state["params"], state["opt"], tokens, pos, targets, state["one_doc"]
-            )
-            return loss
-
-        return step, lambda: None
+        return jax_train_step(
+            lambda p, tokens, pos, one: run(
+                cfg, p, tokens, pos, None, 0, False, impl="optimized", one_document=one
+            )[0],
+            self.params,
+            static_of=one_doc,
+        )
 
 
 def build(source, dtype, backend) -> Handle:
