@@ -25,22 +25,16 @@ class Handle(ours_jax.Handle):
     def train_step(self):
         from bench.impls.base import jax_train_step
         from models.jax.model import run
-        from models.jax.optimized import one_document
+        from models.jax.optimized import one_document_asker
 
         cfg = self.jm.config
-        last = [None, False]  # the last positions array looked at, and its answer
-
-        def one_doc(pos) -> bool:  # one host transfer per new positions array
-            if pos is not last[0]:
-                last[:] = [pos, one_document(pos)]
-            return last[1]
 
         return jax_train_step(
             lambda p, tokens, pos, one: run(
                 cfg, p, tokens, pos, None, 0, False, impl="optimized", one_document=one
             )[0],
             self.params,
-            static_of=one_doc,
+            static_of=one_document_asker(),
         )
 
 

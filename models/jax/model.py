@@ -176,16 +176,7 @@ class Model:
             ),
             static_argnums=(3, 4),
         )
-        last = [None, False]  # the last concrete segment_pos looked at, and its answer
-
-        def one_document(seg) -> bool:
-            if seg is last[0]:  # arrays are immutable: one host transfer per new array
-                return last[1]
-            host = optimized.to_host(seg)
-            if host is None:  # traced (the Model called inside a jit): the general path
-                return False
-            last[:] = [seg, optimized.one_document(host)]
-            return last[1]
+        one_document = optimized.one_document_asker()  # traced: False, the general path
 
         self._forward = lambda params, tokens, seg: forward(params, tokens, seg, one_document(seg))
         self._prefill = lambda params, tokens, seg, logits: prefill(
