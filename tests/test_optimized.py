@@ -193,6 +193,26 @@ def test_static_decoder_equals_reference_forward(name, prompt):
             dec.step(tokens[:, :1], pos[:, :1])
 
 
+@pytest.mark.parametrize(
+    "name,batch", [("griffin-tiny", 1), ("mqa-tiny", 1), ("recurrentgemma-tiny", 2)]
+)
+def test_static_decoder_gemv_step_equals_reference_forward(name, batch):
+    """The batch-1 step of fused GEMVs (kernels.gemv: norms, biases, residuals, gelu·mul and
+    the soft cap folded in; the CUDA default at batch 1), across resets and past the window; on
+    two rows too (each row its own pass over the weights)."""
+    ref, opt = pair(CASES[name])
+    resets = {row: at for row, at in RESETS.items() if row < batch}
+    tokens, pos = data(batch, T, CASES[name].vocab_size, resets, seed=7)
+    with torch.no_grad():
+        full = ref(tokens, pos)
+        _, cache = opt.prefill(tokens[:, :9], pos[:, :9])
+        dec = StaticDecoder(opt, cache, capacity=T, gemv=True)
+        for t in range(9, T):
+            logits = dec.step(tokens[:, t : t + 1], pos[:, t : t + 1])
+            assert logits.shape == full[:, t : t + 1].shape
+            assert rel_err(logits, full[:, t : t + 1]) <= TOL, f"decode step {t}"
+
+
 def test_static_decoder_plain_ops_step_equals_reference_forward(monkeypatch):
     """The step a compiled StaticDecoder traces: our kernels' plain-torch twins (which Inductor
     can fuse), here run eagerly; equal to the reference across resets and past the window."""

@@ -159,12 +159,17 @@ class AttentionBlock(nn.Module):
 
     def project(self, x: torch.Tensor, segment_pos: torch.Tensor):
         """q [b, t, n, h] and the one key/value head k, v [b, t, h], RoPE at segment_pos."""
+        return self.rope(self.proj_q(x), self.proj_k(x), self.proj_v(x), segment_pos)
+
+    def rope(self, q, k, v, segment_pos: torch.Tensor):
+        """The projections q [b, t, n * h], k, v [b, t, h] as `project` returns them: q split
+        into heads, RoPE on q and k at segment_pos."""
         cfg = self.cfg
-        q = self.proj_q(x).unflatten(-1, (cfg.num_heads, cfg.head_dim))
-        k = self.proj_k(x)[:, :, None]
-        q = layers.apply_rope(q, segment_pos, cfg.rope_dims, cfg.rope_base)
-        k = layers.apply_rope(k, segment_pos, cfg.rope_dims, cfg.rope_base)[:, :, 0]
-        return q, k, self.proj_v(x)
+        q = layers.apply_rope(
+            q.unflatten(-1, (cfg.num_heads, cfg.head_dim)), segment_pos, cfg.rope_dims, cfg.rope_base
+        )
+        k = layers.apply_rope(k[:, :, None], segment_pos, cfg.rope_dims, cfg.rope_base)[:, :, 0]
+        return q, k, v
 
     def empty_cache(self, batch: int, n_tokens: int, dtype, device) -> AttentionCache:
         """An empty cache sized for n_tokens (ring buffer of `window` slots when local)."""

@@ -89,21 +89,8 @@ def recurrent_forward(blk, x, segment_pos, cache, return_cache, plain: bool = Fa
     y = blk.linear_y(x)  # the gelu is fused into the product below
     xb = blk.linear_x(x)
     if cache is not None and x.shape[1] == 1 and not torch.is_grad_enabled():
-        reset = segment_pos[:, 0] == 0
-        conv_step, lru_step, mul = (
-            (conv1d_step_ref, rg_lru_step_ref, gelu_mul_ref)
-            if plain
-            else (conv1d_step, rg_lru_step, gelu_mul)
-        )
-        xs = conv_step(xb[:, 0].contiguous(), conv.w, conv.b, cache.conv, reset)
-        hs = lru_step(
-            xs,
-            block_diagonal(lru.input_gate, xs).contiguous(),
-            block_diagonal(lru.a_gate, xs).contiguous(),
-            lru.a_param,
-            cache.rg_lru,
-            reset,
-        )
+        hs = recurrent_step(blk, xb[:, 0], segment_pos, cache, plain)
+        mul = gelu_mul_ref if plain else gelu_mul
         return blk.linear_out(mul(y, hs[:, None])), cache if return_cache else None
     xb, conv_state = conv1d(xb, conv.w, conv.b, segment_pos, None if cache is None else cache.conv)
     xb, h_last = rg_lru(
@@ -116,6 +103,24 @@ def recurrent_forward(blk, x, segment_pos, cache, return_cache, plain: bool = Fa
     )
     out = blk.linear_out(gelu_mul(y, xb))
     return out, RecurrentCache(h_last, conv_state) if return_cache else None
+
+
+def recurrent_step(blk, xb, segment_pos, cache, plain: bool = False) -> torch.Tensor:
+    """One decode step of a recurrent block between its projections: linear_x's output xb
+    [b, d] through the Conv1D and RG-LRU steps (updating cache.conv and cache.rg_lru in place)
+    -> the RG-LRU output [b, d]."""
+    conv, lru = blk.conv_1d, blk.rg_lru
+    reset = segment_pos[:, 0] == 0
+    conv_step, lru_step = (conv1d_step_ref, rg_lru_step_ref) if plain else (conv1d_step, rg_lru_step)
+    xs = conv_step(xb.contiguous(), conv.w, conv.b, cache.conv, reset)
+    return lru_step(
+        xs,
+        block_diagonal(lru.input_gate, xs).contiguous(),
+        block_diagonal(lru.a_gate, xs).contiguous(),
+        lru.a_param,
+        cache.rg_lru,
+        reset,
+    )
 
 
 def _sdpa_mqa(q, k, v, mask):
@@ -256,9 +261,15 @@ def copy_cache(cache):
 def _attention_step_static(blk, x, segment_pos, cache, length_t):
     """One decode step of an attention block whose stream position is a device tensor (so the
     step can be captured in a CUDA graph): writes k, v into the static cache, attends over it."""
+    q, k, v = blk.project(x, segment_pos)
+    return blk.proj_final(_attend_static(blk, q, k, v, segment_pos, cache, length_t))
+
+
+def _attend_static(blk, q, k, v, segment_pos, cache, length_t):
+    """The step's attention between the projections: q [b, 1, n, h], k, v [b, 1, h] (RoPE
+    applied) written into the static cache at length_t -> [b, 1, n * h]."""
     from models.torch.blocks import doc_starts
 
-    q, k, v = blk.project(x, segment_pos)
     q_pos = length_t.view(1)
     doc_start = doc_starts(segment_pos, q_pos, cache)  # [b, 1]
     window = blk.cfg.attention_window
@@ -268,7 +279,7 @@ def _attention_step_static(blk, x, segment_pos, cache, length_t):
     cache.pos.index_copy_(0, slot, q_pos)
     mask = layers.attention_mask(q_pos, cache.pos, doc_start, window)
     cache.doc_start.copy_(doc_start[:, 0])
-    return blk.proj_final(_sdpa_mqa(q, cache.k.to(q.dtype), cache.v.to(q.dtype), mask))
+    return _sdpa_mqa(q, cache.k.to(q.dtype), cache.v.to(q.dtype), mask)
 
 
 class StaticDecoder:
@@ -289,7 +300,14 @@ class StaticDecoder:
     next step overwrites. Elsewhere (CPU) the same step runs eagerly and uncompiled.
     """
 
-    def __init__(self, model, cache, capacity: int | None = None, compile: bool = True):
+    def __init__(
+        self,
+        model,
+        cache,
+        capacity: int | None = None,
+        compile: bool = True,
+        gemv: bool | None = None,
+    ):
         from models.torch.blocks import AttentionCache
 
         self.model = model
@@ -318,6 +336,11 @@ class StaticDecoder:
         self.graph = None
         self.logits = None
         self.compile = compile and self.tokens.is_cuda
+        # batch 1: the step's matmuls are GEMVs with the norms, residuals, gelu and soft cap
+        # fused in (kernels.gemv); larger batches keep cuBLAS, which reads the weights once too
+        self.gemv = (batch == 1 and self.tokens.is_cuda) if gemv is None else gemv
+        if self.gemv:
+            check_device(self.tokens)
         self.load(cache)
 
     @property
@@ -363,6 +386,8 @@ class StaticDecoder:
     def _step(self) -> torch.Tensor:
         from models.config import RECURRENT
 
+        if self.gemv:
+            return self._gemv_step()
         m = self.model
         plain = self.compile  # compiled: plain torch ops, which Inductor fuses (see norm)
         x = m.embed(self.tokens)
@@ -381,6 +406,44 @@ class StaticDecoder:
             x = x + residual
         self.length += 1
         return m.logits(x)
+
+    def _gemv_step(self) -> torch.Tensor:
+        """The step at batch 1 as a chain of fused GEMVs (kernels.gemv): per block, norm + the
+        projections that read its input (one launch), the mixing, out-projection + residual,
+        norm + gated up-projection + gelu·mul, down-projection + residual; the logits as norm +
+        GEMV + soft cap. Between them the same plain ops as the compiled step."""
+        from kernels.gemv import gemv_gated_up_op, gemv_op
+        from models.config import RECURRENT
+
+        m = self.model
+        x = m.embed(self.tokens)[:, 0]  # [1, d]
+        for blk, c in zip(m.blocks, self.blocks, strict=True):
+            pre, tb = blk.temporal_pre_norm, blk.temporal_block
+            if blk.kind == RECURRENT:
+                lins = (tb.linear_y, tb.linear_x)
+                y, xb = gemv_op(x, [v.weight for v in lins], [v.bias for v in lins], None,
+                                pre.scale, pre.eps, None)  # fmt: skip
+                mixed = gelu_mul_ref(y, recurrent_step(tb, xb, self.segment_pos, c, plain=True))
+                out = tb.linear_out
+            else:
+                lins = (tb.proj_q, tb.proj_k, tb.proj_v)
+                q, k, v = gemv_op(x, [v.weight for v in lins], [v.bias for v in lins], None,
+                                  pre.scale, pre.eps, None)  # fmt: skip
+                q, k, v = tb.rope(q[:, None], k[:, None], v[:, None], self.segment_pos)
+                mixed = _attend_static(tb, q, k, v, self.segment_pos, c, self.length)[:, 0]
+                out = tb.proj_final
+            (residual,) = gemv_op(mixed, [out.weight], [out.bias], x, None, 0.0, None)
+            mlp, post = blk.mlp_block, blk.channel_pre_norm
+            up = gemv_gated_up_op(residual, mlp.ffw_up.w, mlp.ffw_up.b, post.scale, post.eps)
+            down = mlp.ffw_down
+            (x,) = gemv_op(up, [down.weight], [down.bias], residual, None, 0.0, None)
+        self.length += 1
+        fin = m.final_norm
+        (logits,) = gemv_op(
+            x, [m.embedder.input_embedding], [None], None, fin.scale, fin.eps,
+            m.config.logits_soft_cap or None,
+        )  # fmt: skip
+        return logits[:, None]
 
     def _state(self) -> list[torch.Tensor]:
         out = [self.length]

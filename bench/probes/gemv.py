@@ -1,0 +1,189 @@
+"""Time the batch-1 GEMVs of kernels/gemv.py against cuBLAS (F.linear / matmul) at the
+RecurrentGemma-2B and Gemma-2B decode shapes, bf16, for a few block configurations, and the
+whole decode step (StaticDecoder, CUDA graph) with and without them. Every variant is checked
+against the `_ref` (float32 on the GPU) before it is timed.
+
+    python -m bench.probes.gemv --out FILE.json [--reps 200]
+
+Timing: CUDA events around `reps` back-to-back calls captured in one CUDA graph (no launch gaps
+from the host), median of 5 such rounds, per call; GB/s counts the weights' and vectors' bytes
+and is compared with a 1 GiB device copy measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+from kernels.gemv import gemv, gemv_gated_up, gemv_gated_up_ref, gemv_ref
+
+DT = torch.bfloat16
+# name -> (K, [N_i], kind): "rows" = nn.Linear weights [N, K]; "up" = the MLP's [2, K, N]
+SHAPES = {
+    "rg2b xy (2560 -> 2x2560, norm)": (2560, [2560, 2560], "rows"),
+    "rg2b out (2560 -> 2560, +res)": (2560, [2560], "rows"),
+    "rg2b up (2560 -> 2x7680, norm, gelu)": (2560, [7680], "up"),
+    "rg2b down (7680 -> 2560, +res)": (7680, [2560], "rows"),
+    "rg2b qkv (2560 -> 2560+256+256)": (2560, [2560, 256, 256], "rows"),
+    "rg2b logits (2560 -> 256000, cap)": (2560, [256000], "rows"),
+    "gemma qkv (2048 -> 2048+256+256)": (2048, [2048, 256, 256], "rows"),
+    "gemma up (2048 -> 2x16384)": (2048, [16384], "up"),
+    "gemma down (16384 -> 2048)": (16384, [2048], "rows"),
+}
+ROW_CONFIGS = [None, (2, 2048, 4), (4, 1024, 4), (8, 512, 4), (8, 1024, 8), (16, 256, 4)]
+UP_CONFIGS = [None, (16, 64, 4), (32, 64, 4), (16, 128, 8), (8, 256, 4)]
+
+
+def graph_time(fn, reps: int) -> float:
+    """ms per call: `reps` calls in one CUDA graph, median of 5 replays."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(reps):
+            fn()
+    times = []
+    for _ in range(5):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / reps)
+    return statistics.median(times)
+
+
+def copy_gbps() -> float:
+    x = torch.empty(1 << 29, dtype=torch.int16, device="cuda")
+    y = torch.empty_like(x)
+    return 2 * x.numel() * 2 / graph_time(lambda: y.copy_(x), 20) / 1e6
+
+
+def rel(a, b) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def shapes(reps: int, copy: float) -> list[dict]:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    return [one_shape(name, *spec, reps, copy, g) for name, spec in SHAPES.items()]
+
+
+def one_shape(name, k, ns, kind, reps, copy, g) -> dict:
+    x = torch.randn(1, k, device="cuda", dtype=DT, generator=g)
+    scale = 0.1 * torch.randn(k, device="cuda", dtype=DT, generator=g)
+    if kind == "up":
+        w = torch.randn(2, k, ns[0], device="cuda", dtype=DT, generator=g) * k**-0.5
+        nbytes = w.numel() * 2 + (k + ns[0]) * 2
+        want = gemv_gated_up_ref(x.float(), w.float(), None, (scale.float(), 1e-6))
+        ours = {cfg: (lambda c=cfg: gemv_gated_up(x, w, None, (scale, 1e-6), config=c))
+                for cfg in UP_CONFIGS}  # fmt: skip
+        w0, w1 = w[0], w[1]
+
+        def cublas():
+            h = x * 1.0  # the norm is a separate kernel in the cuBLAS path
+            return F.gelu(h @ w0, approximate="tanh") * (h @ w1)
+    else:
+        ws = [torch.randn(n, k, device="cuda", dtype=DT, generator=g) * k**-0.5 for n in ns]
+        nbytes = sum(w.numel() for w in ws) * 2 + (k + sum(ns)) * 2
+        norm = (scale, 1e-6) if len(ws) > 1 or "logits" in name else None
+        cap = 30.0 if "logits" in name else None
+        res = torch.randn(1, ns[0], device="cuda", dtype=DT, generator=g) if "res" in name else None
+        want = gemv_ref(x.float(), [w.float() for w in ws], None,
+                        None if res is None else res.float(),
+                        None if norm is None else (scale.float(), 1e-6), cap)[0]  # fmt: skip
+        ours = {cfg: (lambda c=cfg: gemv(x, ws, None, res, norm, cap, config=c)[0])
+                for cfg in ROW_CONFIGS}  # fmt: skip
+
+        def cublas():
+            return [F.linear(x, w) for w in ws]
+
+    row = {"shape": name, "bytes": nbytes, "cublas_ms": graph_time(cublas, reps)}
+    row["cublas_frac_copy"] = nbytes / row["cublas_ms"] / 1e6 / copy
+    row["ours"] = []
+    for cfg, fn in ours.items():
+        try:
+            err = rel(fn(), want)
+            ms = graph_time(fn, reps)
+            row["ours"].append({"config": cfg, "ms": ms, "rel_err": err,
+                                "frac_copy": nbytes / ms / 1e6 / copy})  # fmt: skip
+        except Exception as e:  # a config Triton cannot build: say so, go on
+            row["ours"].append({"config": cfg, "error": repr(e)[:300]})
+    best = min((o for o in row["ours"] if "ms" in o), key=lambda o: o["ms"])
+    print(f"{name:40s} cuBLAS {row['cublas_ms'] * 1e3:7.1f} us "
+          f"({row['cublas_frac_copy']:.0%})  ours best {best['ms'] * 1e3:7.1f} us "
+          f"({best['frac_copy']:.0%}, {best['config']}, err {best['rel_err']:.1e})",
+          flush=True)  # fmt: skip
+    return row
+
+
+def decode_steps(models: list[str], reps: int) -> list[dict]:
+    from models.config import preset
+    from models.torch import Model
+    from models.torch.optimized import StaticDecoder
+
+    out = []
+    for name in models:
+        torch.manual_seed(0)
+        m = Model(preset(name), impl="optimized", device="cuda", dtype=DT).eval()
+        tokens = torch.randint(0, m.config.vocab_size, (1, 2048), device="cuda")
+        pos = torch.arange(2048, device="cuda")[None]
+        with torch.no_grad():
+            _, cache = m.prefill(tokens, pos, logits="last")
+        row = {"model": name}
+        logits = {}
+        for use in (False, True):
+            dec = StaticDecoder(m, cache, capacity=2048 + reps + 16, gemv=use)
+            tok, p = tokens[:, :1], pos[:, :1] + 2048
+            logits[use] = dec.step(tok, p).float().clone()
+            dec.load(cache)
+            times = []
+            for _ in range(3):
+                dec.load(cache)
+                torch.cuda.synchronize()
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                for _ in range(reps // 3):
+                    dec.step(tok, p)
+                b.record()
+                torch.cuda.synchronize()
+                times.append(a.elapsed_time(b) / (reps // 3))
+            row[f"gemv={use}"] = {"ms": statistics.median(times), "rounds_ms": times}
+            del dec
+            torch._dynamo.reset()
+        row["rel_err_logits"] = rel(logits[True], logits[False])
+        print(f"{name}: decode step cuBLAS {row['gemv=False']['ms']:.3f} ms, fused GEMVs "
+              f"{row['gemv=True']['ms']:.3f} ms (logits rel diff {row['rel_err_logits']:.1e})",
+              flush=True)  # fmt: skip
+        out.append(row)
+        del m
+        torch.cuda.empty_cache()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--reps", type=int, default=200)
+    parser.add_argument("--models", nargs="*", default=["recurrentgemma-2b", "gemma-2b"])
+    args = parser.parse_args()
+    copy = copy_gbps()
+    print(f"copy {copy:.0f} GB/s", flush=True)
+    doc = {"copy_gbps": copy, "device": torch.cuda.get_device_name()}
+    doc["shapes"] = shapes(args.reps, copy)
+    with open(args.out, "w") as f:
+        json.dump(doc, f, indent=1)
+    doc["decode"] = decode_steps(args.models, 60)
+    with open(args.out, "w") as f:
+        json.dump(doc, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

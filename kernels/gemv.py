@@ -1,0 +1,309 @@
+"""Matrix-vector products for a decode step at batch 1, with their neighbours fused in.
+
+    ys = gemv(x, [w1, w2], biases=[b1, None], norm=(scale, eps))   # [rms_norm(x) @ w.T + b, ...]
+    (y,) = gemv(x, [w], residual=r)                   # x @ w.T + r (one output)
+    (y,) = gemv(x, [E], norm=(scale, eps), cap=30.0)  # the logits, soft-capped
+    z = gemv_gated_up(x, w_up, b_up, norm=(scale, eps))  # gelu(h @ w_up[0] + b0) * (h @ w_up[1] + b1)
+    (the same functions with `_ref`: plain torch, the model's own order of operations)
+
+At batch 1 a decode step is a chain of GEMVs that read each weight once, and its time is the
+weights' bytes over the memory bandwidth plus one launch per kernel. cuBLAS picks a GEMV with
+64-row tiles for a 2560 x 2560 weight (40 programs on 132 SMs: about a third of the bandwidth on
+the H100); these kernels give each program a few rows (hundreds of programs), and fold in what
+sits between the GEMVs: the RMSNorm before them (its sum of squares accumulated in the same loop
+over x, its scale applied to x, its rsqrt to the result), the bias, the residual add and the
+logits' soft cap after them, the two or three projections that read the same input (one
+launch), and the MLP's gelu(gate) * up.
+
+x: [M, K] (M rows, each its own pass over the weights: meant for M = 1), weights nn.Linear style
+[N, K] (K contiguous) or, for `gemv_gated_up`, the MLP's [2, K, N] (N contiguous). Math in
+float32, outputs in x's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kernels._triton import tl, triton
+from kernels.fused import _SQRT_2_OVER_PI, _tanh, gelu_mul_ref, rms_norm_ref
+
+
+def _check(x, weights, biases, residual, norm):
+    if x.dim() != 2:
+        raise ValueError(f"x must be [M, K], got {list(x.shape)}")
+    if not 1 <= len(weights) <= 3:
+        raise ValueError(f"one to three weights, got {len(weights)}")
+    k = x.shape[1]
+    for i, w in enumerate(weights):
+        if w.dim() != 2 or w.shape[1] != k:
+            raise ValueError(f"weight {i} must be [N, {k}], got {list(w.shape)}")
+        if biases is not None and biases[i] is not None and biases[i].shape != w.shape[:1]:
+            raise ValueError(f"bias {i} must be [{w.shape[0]}], got {list(biases[i].shape)}")
+    if biases is not None and len(biases) != len(weights):
+        raise ValueError(f"{len(weights)} weights but {len(biases)} biases")
+    if residual is not None:
+        if len(weights) != 1:
+            raise ValueError("a residual goes with one weight")
+        if residual.shape != (x.shape[0], weights[0].shape[0]):
+            raise ValueError(
+                f"residual must be [{x.shape[0]}, {weights[0].shape[0]}], got "
+                f"{list(residual.shape)}"
+            )
+    if norm is not None and norm[0].shape != (k,):
+        raise ValueError(f"the norm's scale must be [{k}], got {list(norm[0].shape)}")
+
+
+def _check_dtype(x, weights):
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"x must be float32, bfloat16 or float16, got {x.dtype}")
+    for w in weights:
+        if w.dtype != x.dtype or w.device != x.device:
+            raise ValueError(
+                f"weights must share x's dtype and device ({x.dtype}, {x.device}); got "
+                f"{w.dtype}, {w.device}"
+            )
+
+
+def gemv_ref(x, weights, biases=None, residual=None, norm=None, cap=None):
+    """The model's ops in its order: rms_norm_ref, then x @ w.T + b, soft cap, + residual."""
+    _check(x, weights, biases, residual, norm)
+    h = rms_norm_ref(x, norm[0], norm[1]) if norm is not None else x
+    out = []
+    for i, w in enumerate(weights):
+        y = F.linear(h, w, None if biases is None else biases[i])
+        if cap is not None:
+            y = torch.tanh(y / cap) * cap
+        if residual is not None:
+            y = y + residual
+        out.append(y)
+    return out
+
+
+def gemv_gated_up_ref(x, w, b=None, norm=None):
+    """gelu_tanh(h @ w[0] + b[0]) * (h @ w[1] + b[1]), h = rms_norm_ref(x) or x."""
+    _check_up(x, w, b, norm)
+    h = rms_norm_ref(x, norm[0], norm[1]) if norm is not None else x
+    gate, up = h @ w[0], h @ w[1]
+    if b is not None:
+        gate, up = gate + b[0], up + b[1]
+    return gelu_mul_ref(gate, up)
+
+
+@triton.jit
+def _rows_dot(x_ptr, s_ptr, w_ptr, rows, N, K, NORM: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr):  # fmt: skip
+    """sum_k w[rows, k] * x[k] (* (1 + s[k])) and sum_k x[k]^2, in float32."""
+    acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    ss = tl.zeros((BLOCK_K,), tl.float32)
+    rmask = rows < N
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        cmask = cols < K
+        x = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        if NORM:
+            ss += x * x
+            x = x * (1.0 + tl.load(s_ptr + cols, mask=cmask, other=0.0).to(tl.float32))
+        w = tl.load(
+            w_ptr + rows[:, None].to(tl.int64) * K + cols[None, :],
+            mask=rmask[:, None] & cmask[None, :], other=0.0,
+        )  # fmt: skip
+        acc += w.to(tl.float32) * x[None, :]
+    return tl.sum(acc, axis=1), tl.sum(ss, axis=0)
+
+
+@triton.jit
+def _rows_out(y, ss, b_ptr, r_ptr, o_ptr, rows, N, K, eps, cap, NORM: tl.constexpr,
+              BIAS: tl.constexpr, RES: tl.constexpr, CAP: tl.constexpr):  # fmt: skip
+    rmask = rows < N
+    if NORM:
+        y = y / tl.sqrt(ss / K + eps)
+    if BIAS:
+        y += tl.load(b_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+    if CAP:
+        y = _tanh(y / cap) * cap
+    if RES:
+        y += tl.load(r_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+    tl.store(o_ptr + rows, y.to(o_ptr.dtype.element_ty), mask=rmask)
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, s_ptr, r_ptr,
+                 w0, b0, o0, N0, P0,
+                 w1, b1, o1, N1, P1,
+                 w2, b2, o2, N2,
+                 K, eps, cap,
+                 NORM: tl.constexpr, BIAS0: tl.constexpr, BIAS1: tl.constexpr,
+                 BIAS2: tl.constexpr, RES: tl.constexpr, CAP: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    # programs [0, P0) take rows of weight 0, [P0, P0 + P1) of weight 1, the rest of weight 2;
+    # axis 1 is the row of x
+    pid = tl.program_id(0)
+    m = tl.program_id(1).to(tl.int64)
+    x_ptr += m * K
+    if pid < P0:
+        rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        y, ss = _rows_dot(x_ptr, s_ptr, w0, rows, N0, K, NORM, BLOCK_N, BLOCK_K)
+        _rows_out(y, ss, b0, r_ptr + m * N0, o0 + m * N0, rows, N0, K, eps, cap,
+                  NORM, BIAS0, RES, CAP)  # fmt: skip
+    elif pid < P0 + P1:
+        rows = (pid - P0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        y, ss = _rows_dot(x_ptr, s_ptr, w1, rows, N1, K, NORM, BLOCK_N, BLOCK_K)
+        _rows_out(y, ss, b1, r_ptr, o1 + m * N1, rows, N1, K, eps, cap, NORM, BIAS1, False, CAP)
+    else:
+        rows = (pid - P0 - P1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        y, ss = _rows_dot(x_ptr, s_ptr, w2, rows, N2, K, NORM, BLOCK_N, BLOCK_K)
+        _rows_out(y, ss, b2, r_ptr, o2 + m * N2, rows, N2, K, eps, cap, NORM, BIAS2, False, CAP)
+
+
+# A few rows per program (hundreds of programs for a 2560-row weight, so every SM streams), and
+# BLOCK_N * BLOCK_K = 4096 elements per loaded tile (16 bf16 per thread at 4 warps).
+_TILE = 4096
+
+
+def _block_n(n_rows: int) -> int:
+    return 4 if n_rows <= 8192 else 16
+
+
+def gemv(x, weights, biases=None, residual=None, norm=None, cap=None, *, config=None):
+    """[norm(x) @ w.T + b (soft-capped) (+ residual) for w in weights], one launch.
+    x [M, K]; weights: one to three [N_i, K]; biases: None or one per weight (each None or
+    [N_i]); residual [M, N] (one weight only); norm: (scale [K], eps) for rms_norm_ref's
+    x / rms(x) * (1 + scale); cap: the logits' soft cap. config: (BLOCK_N, BLOCK_K, num_warps)
+    instead of the defaults (bench.probes.gemv)."""
+    _check(x, weights, biases, residual, norm)
+    _check_dtype(x, weights)
+    x = x.contiguous()
+    m, k = x.shape
+    n_rows = sum(w.shape[0] for w in weights)
+    bn = _block_n(n_rows)
+    bk, warps = min(_TILE // bn, triton.next_power_of_2(k)), 4
+    if config is not None:
+        bn, bk, warps = config
+    ws = [w.contiguous() for w in weights]
+    bs = list(biases) if biases is not None else [None] * len(ws)
+    outs = [x.new_empty(m, w.shape[0]) for w in ws]
+    progs = [triton.cdiv(w.shape[0], bn) for w in ws]
+    args = []
+    for i in range(3):
+        if i < len(ws):
+            b = bs[i].contiguous() if bs[i] is not None else ws[i]
+            args.append((ws[i], b, outs[i], ws[i].shape[0], progs[i]))
+        else:
+            args.append((ws[0], ws[0], outs[0], 0, 0))
+    (w0, b0, o0, n0, p0), (w1, b1, o1, n1, p1), (w2, b2, o2, n2, _) = args
+    scale = norm[0].contiguous() if norm is not None else x
+    res = residual.contiguous() if residual is not None else x
+    _gemv_kernel[(sum(progs), m)](
+        x, scale, res, w0, b0, o0, n0, p0, w1, b1, o1, n1, p1, w2, b2, o2, n2,
+        k, float(norm[1]) if norm is not None else 0.0, float(cap) if cap is not None else 1.0,
+        NORM=norm is not None, BIAS0=bs[0] is not None,
+        BIAS1=len(bs) > 1 and bs[1] is not None, BIAS2=len(bs) > 2 and bs[2] is not None,
+        RES=residual is not None, CAP=cap is not None, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+    )  # fmt: skip
+    return outs
+
+
+def _check_up(x, w, b, norm):
+    if x.dim() != 2:
+        raise ValueError(f"x must be [M, K], got {list(x.shape)}")
+    if w.dim() != 3 or w.shape[0] != 2 or w.shape[1] != x.shape[1]:
+        raise ValueError(f"w must be [2, {x.shape[1]}, N], got {list(w.shape)}")
+    if b is not None and b.shape != (2, w.shape[2]):
+        raise ValueError(f"b must be [2, {w.shape[2]}], got {list(b.shape)}")
+    if norm is not None and norm[0].shape != (x.shape[1],):
+        raise ValueError(f"the norm's scale must be [{x.shape[1]}], got {list(norm[0].shape)}")
+
+
+@triton.jit
+def _gated_up_kernel(x_ptr, s_ptr, w_ptr, b_ptr, o_ptr, N, K, eps, C: tl.constexpr,
+                     KC: tl.constexpr, NORM: tl.constexpr, BIAS: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    # columns [pid * BLOCK_N, +BLOCK_N) of both halves of w [2, K, N]; axis 1: the row of x
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m = tl.program_id(1).to(tl.int64)
+    x_ptr += m * K
+    nmask = cols < N
+    acc_g = tl.zeros((BLOCK_K, BLOCK_N), tl.float32)
+    acc_u = tl.zeros((BLOCK_K, BLOCK_N), tl.float32)
+    ss = tl.zeros((BLOCK_K,), tl.float32)
+    half = K.to(tl.int64) * N
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        kmask = ks < K
+        x = tl.load(x_ptr + ks, mask=kmask, other=0.0).to(tl.float32)
+        if NORM:
+            ss += x * x
+            x = x * (1.0 + tl.load(s_ptr + ks, mask=kmask, other=0.0).to(tl.float32))
+        offs = ks[:, None].to(tl.int64) * N + cols[None, :]
+        mask = kmask[:, None] & nmask[None, :]
+        wg = tl.load(w_ptr + offs, mask=mask, other=0.0)
+        wu = tl.load(w_ptr + half + offs, mask=mask, other=0.0)
+        acc_g += wg.to(tl.float32) * x[:, None]
+        acc_u += wu.to(tl.float32) * x[:, None]
+    g = tl.sum(acc_g, axis=0)
+    u = tl.sum(acc_u, axis=0)
+    if NORM:
+        r = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
+        g, u = g * r, u * r
+    if BIAS:
+        g += tl.load(b_ptr + cols, mask=nmask, other=0.0).to(tl.float32)
+        u += tl.load(b_ptr + N + cols, mask=nmask, other=0.0).to(tl.float32)
+    t = _tanh(C * (g + KC * g * g * g))
+    tl.store(o_ptr + m * N + cols, (0.5 * g * (1.0 + t) * u).to(o_ptr.dtype.element_ty), mask=nmask)
+
+
+def gemv_gated_up(x, w, b=None, norm=None, *, config=None):
+    """The MLP's first half at batch 1: gelu_tanh(h @ w[0] + b[0]) * (h @ w[1] + b[1]) with
+    h = norm(x), one launch reading x once and each half of w [2, K, N] once. -> [M, N]"""
+    _check_up(x, w, b, norm)
+    _check_dtype(x, [w])
+    x = x.contiguous()
+    w = w.contiguous()
+    m, k = x.shape
+    n = w.shape[2]
+    bn = 16  # 32-byte rows of bf16: full sectors; N / 16 programs (480 at N = 7680)
+    bk, warps = min(_TILE // bn // 2, triton.next_power_of_2(k)), 4
+    if config is not None:
+        bn, bk, warps = config
+    out = x.new_empty(m, n)
+    scale = norm[0].contiguous() if norm is not None else x
+    _gated_up_kernel[(triton.cdiv(n, bn), m)](
+        x, scale, w, b.contiguous() if b is not None else w, out, n, k,
+        float(norm[1]) if norm is not None else 0.0, C=_SQRT_2_OVER_PI, KC=0.044715,
+        NORM=norm is not None, BIAS=b is not None, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+    )  # fmt: skip
+    return out
+
+
+# The kernels as torch operators, so that a torch.compile'd decode step (models.torch.optimized.
+# StaticDecoder) keeps them as calls between the kernels Inductor generates: Inductor cannot see
+# into a Triton launch it did not write, and these have no backward (decode only).
+@torch.library.custom_op("griffin_bench::gemv", mutates_args=())
+def gemv_op(
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    biases: list[torch.Tensor | None],
+    residual: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    eps: float,
+    cap: float | None,
+) -> list[torch.Tensor]:
+    return gemv(x, weights, biases, residual, None if scale is None else (scale, eps), cap)
+
+
+@gemv_op.register_fake
+def _(x, weights, biases, residual, scale, eps, cap):
+    return [x.new_empty(x.shape[0], w.shape[0]) for w in weights]
+
+
+@torch.library.custom_op("griffin_bench::gemv_gated_up", mutates_args=())
+def gemv_gated_up_op(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, scale: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    return gemv_gated_up(x, w, b, None if scale is None else (scale, eps))
+
+
+@gemv_gated_up_op.register_fake
+def _(x, w, b, scale, eps):
+    return x.new_empty(x.shape[0], w.shape[2])
