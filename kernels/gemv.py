@@ -182,7 +182,7 @@ def gemv(x, weights, biases=None, residual=None, norm=None, cap=None, *, config=
         bn, bk, warps = config
     ws = [w.contiguous() for w in weights]
     bs = list(biases) if biases is not None else [None] * len(ws)
-    outs = [x.new_empty(m, w.shape[0]) for w in ws]
+    outs = [torch.empty(m, w.shape[0], dtype=x.dtype, device=x.device) for w in ws]
     progs = [triton.cdiv(w.shape[0], bn) for w in ws]
     args = []
     for i in range(3):
@@ -266,7 +266,7 @@ def gemv_gated_up(x, w, b=None, norm=None, *, config=None):
     bk, warps = min(_TILE // bn // 2, triton.next_power_of_2(k)), 4
     if config is not None:
         bn, bk, warps = config
-    out = x.new_empty(m, n)
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     scale = norm[0].contiguous() if norm is not None else x
     _gated_up_kernel[(triton.cdiv(n, bn), m)](
         x, scale, w, b.contiguous() if b is not None else w, out, n, k,

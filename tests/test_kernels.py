@@ -11,6 +11,7 @@ import torch
 
 from kernels.conv1d import conv1d, conv1d_ref, conv1d_step, conv1d_step_ref
 from kernels.fused import gelu_mul, gelu_mul_ref, rms_norm, rms_norm_ref
+from kernels.gemv import gemv, gemv_gated_up, gemv_gated_up_ref, gemv_ref
 from kernels.rglru import rg_lru, rg_lru_ref, rg_lru_step, rg_lru_step_ref
 from kernels.scan import linear_scan, linear_scan_ref
 
@@ -276,6 +277,69 @@ def test_decode_steps_update_state_in_place_like_their_refs(dtype):
         z = rg_lru_step(x, gx, ga, a_param, h, reset)
         z_ref = rg_lru_step_ref(x, gx, ga, a_param, h_ref, reset)
         assert rel(z, z_ref) <= TOL[dtype] and rel(h, h_ref) <= 1e-6
+
+
+def _f64(v):
+    return None if v is None else v.double()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "k,ns,fused",
+    [(45, [7], "residual+cap"), (70, [13, 5, 130], "norm+bias"), (3, [1, 9], "norm")],
+    ids=str,
+)
+def test_gemv(k, ns, fused, dtype):
+    """Rows not a multiple of a program's block (4 or 16), K not a multiple of its tile; one to
+    three weights in one launch, each with or without a bias; two rows of x."""
+    g = torch.Generator().manual_seed(k)
+
+    def t(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(DEVICE, dtype)
+
+    x, ws = t(2, k, scale=3.0), [t(n, k, scale=k**-0.5) for n in ns]
+    biases = [t(n) if i % 2 == 0 else None for i, n in enumerate(ns)] if "bias" in fused else None
+    norm = (t(k, scale=0.5), 1e-6) if "norm" in fused else None
+    residual = t(2, ns[0]) if "residual" in fused else None
+    cap = 1.5 if "cap" in fused else None
+    ys = gemv(x, ws, biases, residual, norm, cap)
+    refs = gemv_ref(
+        x.double(), [w.double() for w in ws], None if biases is None else [_f64(b) for b in biases],
+        _f64(residual), None if norm is None else (norm[0].double(), norm[1]), cap,
+    )  # fmt: skip
+    assert len(ys) == len(ns)
+    for y, ref in zip(ys, refs, strict=True):
+        assert y.dtype == dtype and y.shape == ref.shape and rel(y, ref) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("k,n,fused", [(45, 37, "norm+bias"), (130, 20, ""), (2, 3, "norm")])
+def test_gemv_gated_up(k, n, fused, dtype):
+    g = torch.Generator().manual_seed(n)
+
+    def t(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(DEVICE, dtype)
+
+    x, w = t(2, k, scale=3.0), t(2, k, n, scale=k**-0.5)
+    b = t(2, n) if "bias" in fused else None
+    norm = (t(k, scale=0.5), 1e-6) if "norm" in fused else None
+    z = gemv_gated_up(x, w, b, norm)
+    ref = gemv_gated_up_ref(
+        x.double(), w.double(), _f64(b), None if norm is None else (norm[0].double(), norm[1])
+    )
+    assert z.dtype == dtype and z.shape == ref.shape and rel(z, ref) <= TOL[dtype]
+
+
+def test_gemv_input_errors():
+    x, w = torch.randn(1, 8, device=DEVICE), torch.randn(5, 8, device=DEVICE)
+    with pytest.raises(ValueError, match=r"weight 1 must be \[N, 8\]"):
+        gemv(x, [w, w[:, :4]])
+    with pytest.raises(ValueError, match="a residual goes with one weight"):
+        gemv(x, [w, w], residual=torch.zeros(1, 5, device=DEVICE))
+    with pytest.raises(ValueError, match="weights must share x's dtype"):
+        gemv(x, [w.bfloat16()])
+    with pytest.raises(ValueError, match=r"w must be \[2, 8, N\]"):
+        gemv_gated_up(x, w)
 
 
 def test_kernel_input_errors():
