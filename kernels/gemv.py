@@ -80,11 +80,12 @@ def gemv_ref(x, weights, biases=None, residual=None, norm=None, cap=None):
     return out
 
 
-def gemv_gated_up_ref(x, w, b=None, norm=None):
-    """gelu_tanh(h @ w[0] + b[0]) * (h @ w[1] + b[1]), h = rms_norm_ref(x) or x."""
-    _check_up(x, w, b, norm)
+def gemv_gated_up_ref(x, w, b=None, norm=None, rows: bool = False):
+    """gelu_tanh(h @ w[0] + b[0]) * (h @ w[1] + b[1]), h = rms_norm_ref(x) or x; with rows=True
+    w is [2, N, K] (each half transposed) and the products are h @ w[i].T."""
+    _check_up(x, w, b, norm, rows)
     h = rms_norm_ref(x, norm[0], norm[1]) if norm is not None else x
-    gate, up = h @ w[0], h @ w[1]
+    gate, up = (h @ w[0].T, h @ w[1].T) if rows else (h @ w[0], h @ w[1])
     if b is not None:
         gate, up = gate + b[0], up + b[1]
     return gelu_mul_ref(gate, up)
@@ -204,13 +205,15 @@ def gemv(x, weights, biases=None, residual=None, norm=None, cap=None, *, config=
     return outs
 
 
-def _check_up(x, w, b, norm):
+def _check_up(x, w, b, norm, rows: bool = False):
     if x.dim() != 2:
         raise ValueError(f"x must be [M, K], got {list(x.shape)}")
-    if w.dim() != 3 or w.shape[0] != 2 or w.shape[1] != x.shape[1]:
-        raise ValueError(f"w must be [2, {x.shape[1]}, N], got {list(w.shape)}")
-    if b is not None and b.shape != (2, w.shape[2]):
-        raise ValueError(f"b must be [2, {w.shape[2]}], got {list(b.shape)}")
+    k_axis, layout = (2, f"[2, N, {x.shape[1]}]") if rows else (1, f"[2, {x.shape[1]}, N]")
+    if w.dim() != 3 or w.shape[0] != 2 or w.shape[k_axis] != x.shape[1]:
+        raise ValueError(f"w must be {layout}, got {list(w.shape)}")
+    n = w.shape[3 - k_axis]
+    if b is not None and b.shape != (2, n):
+        raise ValueError(f"b must be [2, {n}], got {list(b.shape)}")
     if norm is not None and norm[0].shape != (x.shape[1],):
         raise ValueError(f"the norm's scale must be [{x.shape[1]}], got {list(norm[0].shape)}")
 
@@ -253,21 +256,76 @@ def _gated_up_kernel(x_ptr, s_ptr, w_ptr, b_ptr, o_ptr, N, K, eps, C: tl.constex
     tl.store(o_ptr + m * N + cols, (0.5 * g * (1.0 + t) * u).to(o_ptr.dtype.element_ty), mask=nmask)
 
 
-def gemv_gated_up(x, w, b=None, norm=None, *, config=None):
+@triton.jit
+def _gated_rows_kernel(x_ptr, s_ptr, w_ptr, b_ptr, o_ptr, N, K, eps, C: tl.constexpr,
+                       KC: tl.constexpr, NORM: tl.constexpr, BIAS: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    # rows [pid * BLOCK_N, +BLOCK_N) of both halves of w [2, N, K] (K contiguous, as _gemv_kernel)
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m = tl.program_id(1).to(tl.int64)
+    x_ptr += m * K
+    rmask = rows < N
+    acc_g = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    acc_u = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    ss = tl.zeros((BLOCK_K,), tl.float32)
+    half = K.to(tl.int64) * N
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        kmask = ks < K
+        x = tl.load(x_ptr + ks, mask=kmask, other=0.0).to(tl.float32)
+        if NORM:
+            ss += x * x
+            x = x * (1.0 + tl.load(s_ptr + ks, mask=kmask, other=0.0).to(tl.float32))
+        offs = rows[:, None].to(tl.int64) * K + ks[None, :]
+        mask = rmask[:, None] & kmask[None, :]
+        wg = tl.load(w_ptr + offs, mask=mask, other=0.0)
+        wu = tl.load(w_ptr + half + offs, mask=mask, other=0.0)
+        acc_g += wg.to(tl.float32) * x[None, :]
+        acc_u += wu.to(tl.float32) * x[None, :]
+    g = tl.sum(acc_g, axis=1)
+    u = tl.sum(acc_u, axis=1)
+    if NORM:
+        r = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
+        g, u = g * r, u * r
+    if BIAS:
+        g += tl.load(b_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+        u += tl.load(b_ptr + N + rows, mask=rmask, other=0.0).to(tl.float32)
+    t = _tanh(C * (g + KC * g * g * g))
+    tl.store(o_ptr + m * N + rows, (0.5 * g * (1.0 + t) * u).to(o_ptr.dtype.element_ty), mask=rmask)
+
+
+def gemv_gated_up(x, w, b=None, norm=None, *, rows: bool = False, config=None):
     """The MLP's first half at batch 1: gelu_tanh(h @ w[0] + b[0]) * (h @ w[1] + b[1]) with
-    h = norm(x), one launch reading x once and each half of w [2, K, N] once. -> [M, N]"""
-    _check_up(x, w, b, norm)
+    h = norm(x), one launch reading x once and each half of w once. -> [M, N].
+
+    w: the module's [2, K, N] (N contiguous: each program takes 16 columns, 32-byte pieces of
+    every row), or with rows=True the halves transposed, [2, N, K] (K contiguous: each program
+    takes whole rows, as `gemv`; a copy of the weight, made once by the caller). On the H200 the
+    first form streamed RG-2B's up-projection at 66% of copy where the row GEMV of the logits
+    reached 102% (results/h200/probes/gemv-6740076.json)."""
+    _check_up(x, w, b, norm, rows)
     _check_dtype(x, [w])
     x = x.contiguous()
     w = w.contiguous()
     m, k = x.shape
-    n = w.shape[2]
+    n = w.shape[1] if rows else w.shape[2]
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    scale = norm[0].contiguous() if norm is not None else x
+    if rows:
+        bn = _block_n(n)
+        bk, warps = min(_TILE // bn // 2, triton.next_power_of_2(k)), 4
+        if config is not None:
+            bn, bk, warps = config
+        _gated_rows_kernel[(triton.cdiv(n, bn), m)](
+            x, scale, w, b.contiguous() if b is not None else w, out, n, k,
+            float(norm[1]) if norm is not None else 0.0, C=_SQRT_2_OVER_PI, KC=0.044715,
+            NORM=norm is not None, BIAS=b is not None, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+        )  # fmt: skip
+        return out
     bn = 16  # 32-byte rows of bf16: full sectors; N / 16 programs (480 at N = 7680)
     bk, warps = min(_TILE // bn // 2, triton.next_power_of_2(k)), 4
     if config is not None:
         bn, bk, warps = config
-    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    scale = norm[0].contiguous() if norm is not None else x
     _gated_up_kernel[(triton.cdiv(n, bn), m)](
         x, scale, w, b.contiguous() if b is not None else w, out, n, k,
         float(norm[1]) if norm is not None else 0.0, C=_SQRT_2_OVER_PI, KC=0.044715,
@@ -299,11 +357,16 @@ def _(x, weights, biases, residual, scale, eps, cap):
 
 @torch.library.custom_op("griffin_bench::gemv_gated_up", mutates_args=())
 def gemv_gated_up_op(
-    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, scale: torch.Tensor | None, eps: float
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    eps: float,
+    rows: bool,
 ) -> torch.Tensor:
-    return gemv_gated_up(x, w, b, None if scale is None else (scale, eps))
+    return gemv_gated_up(x, w, b, None if scale is None else (scale, eps), rows=rows)
 
 
 @gemv_gated_up_op.register_fake
-def _(x, w, b, scale, eps):
-    return x.new_empty(x.shape[0], w.shape[2])
+def _(x, w, b, scale, eps, rows):
+    return x.new_empty(x.shape[0], w.shape[1] if rows else w.shape[2])

@@ -323,11 +323,12 @@ def test_gemv_gated_up(k, n, fused, dtype):
     x, w = t(2, k, scale=3.0), t(2, k, n, scale=k**-0.5)
     b = t(2, n) if "bias" in fused else None
     norm = (t(k, scale=0.5), 1e-6) if "norm" in fused else None
-    z = gemv_gated_up(x, w, b, norm)
     ref = gemv_gated_up_ref(
         x.double(), w.double(), _f64(b), None if norm is None else (norm[0].double(), norm[1])
     )
-    assert z.dtype == dtype and z.shape == ref.shape and rel(z, ref) <= TOL[dtype]
+    for rows in (False, True):  # the module's [2, K, N], or the halves transposed to [2, N, K]
+        z = gemv_gated_up(x, w.transpose(1, 2).contiguous() if rows else w, b, norm, rows=rows)
+        assert z.dtype == dtype and z.shape == ref.shape and rel(z, ref) <= TOL[dtype], rows
 
 
 def test_gemv_input_errors():
@@ -340,6 +341,8 @@ def test_gemv_input_errors():
         gemv(x, [w.bfloat16()])
     with pytest.raises(ValueError, match=r"w must be \[2, 8, N\]"):
         gemv_gated_up(x, w)
+    with pytest.raises(ValueError, match=r"w must be \[2, N, 8\]"):
+        gemv_gated_up(x, torch.zeros(2, 8, 5, device=DEVICE), rows=True)
 
 
 def test_kernel_input_errors():

@@ -213,6 +213,25 @@ def test_static_decoder_gemv_step_equals_reference_forward(name, batch):
             assert rel_err(logits, full[:, t : t + 1]) <= TOL, f"decode step {t}"
 
 
+def test_static_decoder_gemv_step_follows_weights_changed_in_place():
+    """The GEMV step reads a transposed copy of each MLP up-projection: a weight changed in
+    place after the decoder was built (as an optimizer step does) is copied again."""
+    _, opt = pair(CASES["griffin-tiny"])
+    tokens, pos = data(1, T, CASES["griffin-tiny"].vocab_size, {}, seed=9)
+    with torch.no_grad():
+        _, cache = opt.prefill(tokens[:, :9], pos[:, :9])
+        dec = StaticDecoder(opt, copy_cache(cache), capacity=T, gemv=True)
+        before = dec.step(tokens[:, 9:10], pos[:, 9:10]).clone()
+        for blk in opt.blocks:
+            blk.mlp_block.ffw_up.w.mul_(1.5)
+        dec.load(cache)
+        after = dec.step(tokens[:, 9:10], pos[:, 9:10])
+        want = StaticDecoder(opt, copy_cache(cache), capacity=T, gemv=False).step(
+            tokens[:, 9:10], pos[:, 9:10]
+        )
+    assert rel_err(after, want) <= TOL < rel_err(before, want)
+
+
 def test_static_decoder_plain_ops_step_equals_reference_forward(monkeypatch):
     """The step a compiled StaticDecoder traces: our kernels' plain-torch twins (which Inductor
     can fuse), here run eagerly; equal to the reference across resets and past the window."""

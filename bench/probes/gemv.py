@@ -90,6 +90,11 @@ def one_shape(name, k, ns, kind, reps, copy, g) -> dict:
         want = gemv_gated_up_ref(x.float(), w.float(), None, (scale.float(), 1e-6))
         ours = {cfg: (lambda c=cfg: gemv_gated_up(x, w, None, (scale, 1e-6), config=c))
                 for cfg in UP_CONFIGS}  # fmt: skip
+        w_rows = w.transpose(1, 2).contiguous()  # the decoder's copy: [2, N, K]
+        for cfg in ROW_CONFIGS:
+            ours[("rows", cfg)] = lambda c=cfg: gemv_gated_up(
+                x, w_rows, None, (scale, 1e-6), rows=True, config=c
+            )
         w0, w1 = w[0], w[1]
 
         def cublas():

@@ -166,7 +166,10 @@ class AttentionBlock(nn.Module):
         into heads, RoPE on q and k at segment_pos."""
         cfg = self.cfg
         q = layers.apply_rope(
-            q.unflatten(-1, (cfg.num_heads, cfg.head_dim)), segment_pos, cfg.rope_dims, cfg.rope_base
+            q.unflatten(-1, (cfg.num_heads, cfg.head_dim)),
+            segment_pos,
+            cfg.rope_dims,
+            cfg.rope_base,
         )
         k = layers.apply_rope(k[:, :, None], segment_pos, cfg.rope_dims, cfg.rope_base)[:, :, 0]
         return q, k, v

@@ -111,7 +111,9 @@ def recurrent_step(blk, xb, segment_pos, cache, plain: bool = False) -> torch.Te
     -> the RG-LRU output [b, d]."""
     conv, lru = blk.conv_1d, blk.rg_lru
     reset = segment_pos[:, 0] == 0
-    conv_step, lru_step = (conv1d_step_ref, rg_lru_step_ref) if plain else (conv1d_step, rg_lru_step)
+    conv_step, lru_step = (
+        (conv1d_step_ref, rg_lru_step_ref) if plain else (conv1d_step, rg_lru_step)
+    )
     xs = conv_step(xb.contiguous(), conv.w, conv.b, cache.conv, reset)
     return lru_step(
         xs,
@@ -298,6 +300,12 @@ class StaticDecoder:
     (compiling the kernels, warming cuBLAS), then
     captured; later steps replay the graph. The returned logits are a static buffer that the
     next step overwrites. Elsewhere (CPU) the same step runs eagerly and uncompiled.
+
+    `gemv` (default: at batch 1 on CUDA): the step's matmuls as fused GEMVs (kernels.gemv, see
+    _gemv_step). Their MLP up-projection reads a copy of each `ffw_up.w` transposed to
+    [2, N, K] (whole rows per program), made here: 2.0 GB at RecurrentGemma-2B. A weight changed
+    in place later (its version moves, as under an optimizer step) is copied again before the
+    next step.
     """
 
     def __init__(
@@ -339,8 +347,14 @@ class StaticDecoder:
         # batch 1: the step's matmuls are GEMVs with the norms, residuals, gelu and soft cap
         # fused in (kernels.gemv); larger batches keep cuBLAS, which reads the weights once too
         self.gemv = (batch == 1 and self.tokens.is_cuda) if gemv is None else gemv
+        self.up_rows = []  # per block: its MLP up-projection as [2, N, K] for the row GEMV
+        self.up_versions = []
         if self.gemv:
             check_device(self.tokens)
+            for blk in model.blocks:
+                w = blk.mlp_block.ffw_up.w
+                self.up_rows.append(w.detach().transpose(1, 2).contiguous())
+                self.up_versions.append(w._version)
         self.load(cache)
 
     @property
@@ -417,7 +431,7 @@ class StaticDecoder:
 
         m = self.model
         x = m.embed(self.tokens)[:, 0]  # [1, d]
-        for blk, c in zip(m.blocks, self.blocks, strict=True):
+        for i, (blk, c) in enumerate(zip(m.blocks, self.blocks, strict=True)):
             pre, tb = blk.temporal_pre_norm, blk.temporal_block
             if blk.kind == RECURRENT:
                 lins = (tb.linear_y, tb.linear_x)
@@ -434,7 +448,9 @@ class StaticDecoder:
                 out = tb.proj_final
             (residual,) = gemv_op(mixed, [out.weight], [out.bias], x, None, 0.0, None)
             mlp, post = blk.mlp_block, blk.channel_pre_norm
-            up = gemv_gated_up_op(residual, mlp.ffw_up.w, mlp.ffw_up.b, post.scale, post.eps)
+            up = gemv_gated_up_op(
+                residual, self.up_rows[i], mlp.ffw_up.b, post.scale, post.eps, True
+            )
             down = mlp.ffw_down
             (x,) = gemv_op(up, [down.weight], [down.bias], residual, None, 0.0, None)
         self.length += 1
@@ -463,6 +479,7 @@ class StaticDecoder:
         self.tokens.copy_(tokens)
         self.segment_pos.copy_(segment_pos)
         self.host_length += 1
+        self._refresh_up_rows()
         if not self.tokens.is_cuda:
             return self._step()
         if self.graph is None:
@@ -475,6 +492,17 @@ class StaticDecoder:
                 self.logits = fn()
         self.graph.replay()
         return self.logits
+
+    def _refresh_up_rows(self) -> None:
+        """Re-copy an up-projection changed in place since the last step (an optimizer step
+        between decodes bumps the weight's version), into the same buffer the graph reads."""
+        if not self.gemv:
+            return
+        for i, blk in enumerate(self.model.blocks):
+            w = blk.mlp_block.ffw_up.w
+            if w._version != self.up_versions[i]:
+                self.up_rows[i].copy_(w.detach().transpose(1, 2))
+                self.up_versions[i] = w._version
 
     def _warm_up(self):
         """Run the step twice off the capture (compiling Inductor's and our Triton kernels,
