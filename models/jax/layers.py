@@ -81,11 +81,17 @@ def init_rg_lru(key, width: int, num_heads: int, dtype) -> dict:
 
 
 def mlp_block(p: dict, x: jax.Array) -> jax.Array:
-    """Gated MLP: ffw_down(gelu(x W0 + b0) * (x W1 + b1)); [b, t, d] -> [b, t, d]."""
-    up = jnp.einsum("btd,cdm->cbtm", x, p["ffw_up"]["w"])
+    """Gated MLP: ffw_down(gelu(x W0 + b0) * (x W1 + b1)); [b, t, d] -> [b, t, d].
+
+    Two products on the halves of ffw_up.w [2, d, m], not one einsum "btd,cdm->cbtm": that
+    einsum's free dimensions (c, m) sit on either side of the contracted d, so XLA copies the
+    whole weight into a [c m, d] layout on every call before its GEMM (seen in the compiled HLO;
+    the torch model had the same copy, results/h100/NOTES.md)."""
+    w = p["ffw_up"]["w"]
+    gate, up = x @ w[0], x @ w[1]
     if "b" in p["ffw_up"]:
-        up = up + p["ffw_up"]["b"][:, None, None]
-    return linear(p["ffw_down"], gelu(up[0]) * up[1])
+        gate, up = gate + p["ffw_up"]["b"][0], up + p["ffw_up"]["b"][1]
+    return linear(p["ffw_down"], gelu(gate) * up)
 
 
 def init_mlp_block(key, width: int, expanded: int, bias: bool, out_scale: float, dtype) -> dict:
