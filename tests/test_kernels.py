@@ -12,6 +12,7 @@ import torch
 from kernels.conv1d import conv1d, conv1d_ref, conv1d_step, conv1d_step_ref
 from kernels.fused import gelu_mul, gelu_mul_ref, rms_norm, rms_norm_ref
 from kernels.gemv import gemv, gemv_gated_up, gemv_gated_up_ref, gemv_ref
+from kernels.recurrent_step import rg_lru_gated_step, rg_lru_gated_step_ref
 from kernels.rglru import rg_lru, rg_lru_ref, rg_lru_step, rg_lru_step_ref
 from kernels.scan import linear_scan, linear_scan_ref
 
@@ -331,6 +332,29 @@ def test_gemv_gated_up(k, n, fused, dtype):
         assert z.dtype == dtype and z.shape == ref.shape and rel(z, ref) <= TOL[dtype], rows
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("heads,e", [(3, 15), (2, 32), (1, 7)], ids=str)
+def test_rg_lru_gated_step(heads, e, dtype):
+    """The decode step's gates + RG-LRU step + gelu·mul against the model's ops (computed in
+    float32 from the same inputs): head widths not a multiple of the 16-column block, a reset in
+    the middle row, h updated in place as the ref updates it."""
+    g = torch.Generator().manual_seed(e)
+
+    def t(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(DEVICE, dtype)
+
+    d = heads * e
+    args = [t(3, d), t(3, d, scale=2.0), t(heads, e, e, scale=e**-0.5), t(heads, e),
+            t(heads, e, e, scale=e**-0.5), t(heads, e), t(d)]  # fmt: skip
+    h = torch.randn(3, d, generator=g).to(DEVICE)
+    reset = torch.tensor([False, True, False], device=DEVICE)
+    h_ref = h.clone()
+    z = rg_lru_gated_step(*args, h, reset)
+    z_ref = rg_lru_gated_step_ref(*[a.float() for a in args], h_ref, reset)
+    assert z.dtype == dtype and rel(z, z_ref) <= TOL[dtype]
+    assert rel(h, h_ref) <= TOL[torch.float32]
+
+
 def test_gemv_input_errors():
     x, w = torch.randn(1, 8, device=DEVICE), torch.randn(5, 8, device=DEVICE)
     with pytest.raises(ValueError, match=r"weight 1 must be \[N, 8\]"):
@@ -343,6 +367,9 @@ def test_gemv_input_errors():
         gemv_gated_up(x, w)
     with pytest.raises(ValueError, match=r"w must be \[2, N, 8\]"):
         gemv_gated_up(x, torch.zeros(2, 8, 5, device=DEVICE), rows=True)
+    w3 = torch.zeros(2, 4, 4, device=DEVICE)
+    with pytest.raises(ValueError, match=r"wx must be \[H, e, e\] with H \* e = 8"):
+        rg_lru_gated_step(x, x, w3[:, :3, :3], w3[:, 0], w3, w3[:, 0], x[0], x, x[:, 0] > 0)
 
 
 def test_kernel_input_errors():

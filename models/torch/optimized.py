@@ -425,8 +425,11 @@ class StaticDecoder:
         """The step at batch 1 as a chain of fused GEMVs (kernels.gemv): per block, norm + the
         projections that read its input (one launch), the mixing, out-projection + residual,
         norm + gated up-projection + gelu·mul, down-projection + residual; the logits as norm +
-        GEMV + soft cap. Between them the same plain ops as the compiled step."""
+        GEMV + soft cap. A recurrent block's mixing is the Conv1D step (plain ops, which
+        Inductor fuses) and one kernel for the gates, the RG-LRU step and gelu·mul
+        (kernels.recurrent_step); attention's is the same plain ops as the compiled step."""
         from kernels.gemv import gemv_gated_up_op, gemv_op
+        from kernels.recurrent_step import rg_lru_gated_step_op
         from models.config import RECURRENT
 
         m = self.model
@@ -437,7 +440,13 @@ class StaticDecoder:
                 lins = (tb.linear_y, tb.linear_x)
                 y, xb = gemv_op(x, [v.weight for v in lins], [v.bias for v in lins], None,
                                 pre.scale, pre.eps, None)  # fmt: skip
-                mixed = gelu_mul_ref(y, recurrent_step(tb, xb, self.segment_pos, c, plain=True))
+                conv, lru = tb.conv_1d, tb.rg_lru
+                reset = self.segment_pos[:, 0] == 0
+                xs = conv1d_step_ref(xb, conv.w, conv.b, c.conv, reset)
+                gx, ga = lru.input_gate, lru.a_gate
+                mixed = rg_lru_gated_step_op(
+                    xs, y, gx.w, gx.b, ga.w, ga.b, lru.a_param, c.rg_lru, reset
+                )  # the gates, the RG-LRU step and gelu(y) * its output in one kernel
                 out = tb.linear_out
             else:
                 lins = (tb.proj_q, tb.proj_k, tb.proj_v)
