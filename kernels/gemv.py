@@ -92,6 +92,18 @@ def gemv_gated_up_ref(x, w, b=None, norm=None, rows: bool = False):
 
 
 @triton.jit
+def _x_chunk(x_ptr, s_ptr, ks, kmask, NORM: tl.constexpr):
+    """x[ks] in float32 (times 1 + s[ks] under an RMSNorm) and x[ks]^2 (zero without one)."""
+    x = tl.load(x_ptr + ks, mask=kmask, other=0.0).to(tl.float32)
+    if NORM:
+        x2 = x * x
+        x = x * (1.0 + tl.load(s_ptr + ks, mask=kmask, other=0.0).to(tl.float32))
+    else:
+        x2 = tl.zeros_like(x)
+    return x, x2
+
+
+@triton.jit
 def _rows_dot(x_ptr, s_ptr, w_ptr, rows, N, K, NORM: tl.constexpr, BLOCK_N: tl.constexpr,
               BLOCK_K: tl.constexpr):  # fmt: skip
     """sum_k w[rows, k] * x[k] (* (1 + s[k])) and sum_k x[k]^2, in float32."""
@@ -101,10 +113,8 @@ def _rows_dot(x_ptr, s_ptr, w_ptr, rows, N, K, NORM: tl.constexpr, BLOCK_N: tl.c
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         cmask = cols < K
-        x = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        if NORM:
-            ss += x * x
-            x = x * (1.0 + tl.load(s_ptr + cols, mask=cmask, other=0.0).to(tl.float32))
+        x, x2 = _x_chunk(x_ptr, s_ptr, cols, cmask, NORM)
+        ss += x2
         w = tl.load(
             w_ptr + rows[:, None].to(tl.int64) * K + cols[None, :],
             mask=rmask[:, None] & cmask[None, :], other=0.0,
@@ -221,77 +231,51 @@ def _check_up(x, w, b, norm, rows: bool = False):
 @triton.jit
 def _gated_up_kernel(x_ptr, s_ptr, w_ptr, b_ptr, o_ptr, N, K, eps, C: tl.constexpr,
                      KC: tl.constexpr, NORM: tl.constexpr, BIAS: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
-    # columns [pid * BLOCK_N, +BLOCK_N) of both halves of w [2, K, N]; axis 1: the row of x
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+                     ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    # outputs [pid * BLOCK_N, +BLOCK_N) from both halves of w: with ROWS, w is [2, N, K] and a
+    # tile is BLOCK_N whole rows (K contiguous, as _gemv_kernel); else w is [2, K, N] and a tile
+    # is BLOCK_K rows of BLOCK_N columns each. Axis 1 of the grid: the row of x.
+    idx = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     m = tl.program_id(1).to(tl.int64)
     x_ptr += m * K
-    nmask = cols < N
-    acc_g = tl.zeros((BLOCK_K, BLOCK_N), tl.float32)
-    acc_u = tl.zeros((BLOCK_K, BLOCK_N), tl.float32)
+    nmask = idx < N
+    if ROWS:
+        acc_g = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+        acc_u = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    else:
+        acc_g = tl.zeros((BLOCK_K, BLOCK_N), tl.float32)
+        acc_u = tl.zeros((BLOCK_K, BLOCK_N), tl.float32)
     ss = tl.zeros((BLOCK_K,), tl.float32)
     half = K.to(tl.int64) * N
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         kmask = ks < K
-        x = tl.load(x_ptr + ks, mask=kmask, other=0.0).to(tl.float32)
-        if NORM:
-            ss += x * x
-            x = x * (1.0 + tl.load(s_ptr + ks, mask=kmask, other=0.0).to(tl.float32))
-        offs = ks[:, None].to(tl.int64) * N + cols[None, :]
-        mask = kmask[:, None] & nmask[None, :]
-        wg = tl.load(w_ptr + offs, mask=mask, other=0.0)
-        wu = tl.load(w_ptr + half + offs, mask=mask, other=0.0)
-        acc_g += wg.to(tl.float32) * x[:, None]
-        acc_u += wu.to(tl.float32) * x[:, None]
-    g = tl.sum(acc_g, axis=0)
-    u = tl.sum(acc_u, axis=0)
+        x, x2 = _x_chunk(x_ptr, s_ptr, ks, kmask, NORM)
+        ss += x2
+        if ROWS:
+            offs = idx[:, None].to(tl.int64) * K + ks[None, :]
+            mask = nmask[:, None] & kmask[None, :]
+            xk = x[None, :]
+        else:
+            offs = ks[:, None].to(tl.int64) * N + idx[None, :]
+            mask = kmask[:, None] & nmask[None, :]
+            xk = x[:, None]
+        acc_g += tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32) * xk
+        acc_u += tl.load(w_ptr + half + offs, mask=mask, other=0.0).to(tl.float32) * xk
+    if ROWS:
+        g = tl.sum(acc_g, axis=1)
+        u = tl.sum(acc_u, axis=1)
+    else:
+        g = tl.sum(acc_g, axis=0)
+        u = tl.sum(acc_u, axis=0)
     if NORM:
         r = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
         g, u = g * r, u * r
     if BIAS:
-        g += tl.load(b_ptr + cols, mask=nmask, other=0.0).to(tl.float32)
-        u += tl.load(b_ptr + N + cols, mask=nmask, other=0.0).to(tl.float32)
+        g += tl.load(b_ptr + idx, mask=nmask, other=0.0).to(tl.float32)
+        u += tl.load(b_ptr + N + idx, mask=nmask, other=0.0).to(tl.float32)
     t = _tanh(C * (g + KC * g * g * g))
-    tl.store(o_ptr + m * N + cols, (0.5 * g * (1.0 + t) * u).to(o_ptr.dtype.element_ty), mask=nmask)
-
-
-@triton.jit
-def _gated_rows_kernel(x_ptr, s_ptr, w_ptr, b_ptr, o_ptr, N, K, eps, C: tl.constexpr,
-                       KC: tl.constexpr, NORM: tl.constexpr, BIAS: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
-    # rows [pid * BLOCK_N, +BLOCK_N) of both halves of w [2, N, K] (K contiguous, as _gemv_kernel)
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    m = tl.program_id(1).to(tl.int64)
-    x_ptr += m * K
-    rmask = rows < N
-    acc_g = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-    acc_u = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-    ss = tl.zeros((BLOCK_K,), tl.float32)
-    half = K.to(tl.int64) * N
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        kmask = ks < K
-        x = tl.load(x_ptr + ks, mask=kmask, other=0.0).to(tl.float32)
-        if NORM:
-            ss += x * x
-            x = x * (1.0 + tl.load(s_ptr + ks, mask=kmask, other=0.0).to(tl.float32))
-        offs = rows[:, None].to(tl.int64) * K + ks[None, :]
-        mask = rmask[:, None] & kmask[None, :]
-        wg = tl.load(w_ptr + offs, mask=mask, other=0.0)
-        wu = tl.load(w_ptr + half + offs, mask=mask, other=0.0)
-        acc_g += wg.to(tl.float32) * x[None, :]
-        acc_u += wu.to(tl.float32) * x[None, :]
-    g = tl.sum(acc_g, axis=1)
-    u = tl.sum(acc_u, axis=1)
-    if NORM:
-        r = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
-        g, u = g * r, u * r
-    if BIAS:
-        g += tl.load(b_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
-        u += tl.load(b_ptr + N + rows, mask=rmask, other=0.0).to(tl.float32)
-    t = _tanh(C * (g + KC * g * g * g))
-    tl.store(o_ptr + m * N + rows, (0.5 * g * (1.0 + t) * u).to(o_ptr.dtype.element_ty), mask=rmask)
+    tl.store(o_ptr + m * N + idx, (0.5 * g * (1.0 + t) * u).to(o_ptr.dtype.element_ty), mask=nmask)
 
 
 def gemv_gated_up(x, w, b=None, norm=None, *, rows: bool = False, config=None):
@@ -313,23 +297,18 @@ def gemv_gated_up(x, w, b=None, norm=None, *, rows: bool = False, config=None):
     scale = norm[0].contiguous() if norm is not None else x
     if rows:
         bn = _block_n(n)
-        bk, warps = min(_TILE // bn // 2, triton.next_power_of_2(k)), 4
-        if config is not None:
-            bn, bk, warps = config
-        _gated_rows_kernel[(triton.cdiv(n, bn), m)](
-            x, scale, w, b.contiguous() if b is not None else w, out, n, k,
-            float(norm[1]) if norm is not None else 0.0, C=_SQRT_2_OVER_PI, KC=0.044715,
-            NORM=norm is not None, BIAS=b is not None, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
-        )  # fmt: skip
-        return out
-    bn = 16  # 32-byte rows of bf16: full sectors; N / 16 programs (480 at N = 7680)
-    bk, warps = min(_TILE // bn // 2, triton.next_power_of_2(k)), 4
+        bk = min(_TILE // bn // 2, triton.next_power_of_2(k))
+    else:
+        bn = 16  # 32-byte pieces of bf16 rows: full sectors; N / 16 programs (480 at N = 7680)
+        bk = min(_TILE // bn // 2, triton.next_power_of_2(k))
+    warps = 4
     if config is not None:
         bn, bk, warps = config
     _gated_up_kernel[(triton.cdiv(n, bn), m)](
         x, scale, w, b.contiguous() if b is not None else w, out, n, k,
         float(norm[1]) if norm is not None else 0.0, C=_SQRT_2_OVER_PI, KC=0.044715,
-        NORM=norm is not None, BIAS=b is not None, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+        NORM=norm is not None, BIAS=b is not None, ROWS=rows, BLOCK_N=bn, BLOCK_K=bk,
+        num_warps=warps,
     )  # fmt: skip
     return out
 
