@@ -434,14 +434,14 @@ class StaticDecoder:
 
         m = self.model
         x = m.embed(self.tokens)[:, 0]  # [1, d]
+        reset = self.segment_pos[:, 0] == 0
         for i, (blk, c) in enumerate(zip(m.blocks, self.blocks, strict=True)):
             pre, tb = blk.temporal_pre_norm, blk.temporal_block
             if blk.kind == RECURRENT:
                 lins = (tb.linear_y, tb.linear_x)
-                y, xb = gemv_op(x, [v.weight for v in lins], [v.bias for v in lins], None,
+                y, xb = gemv_op(x, [lin.weight for lin in lins], [lin.bias for lin in lins], None,
                                 pre.scale, pre.eps, None)  # fmt: skip
                 conv, lru = tb.conv_1d, tb.rg_lru
-                reset = self.segment_pos[:, 0] == 0
                 xs = conv1d_step_ref(xb, conv.w, conv.b, c.conv, reset)
                 gx, ga = lru.input_gate, lru.a_gate
                 mixed = rg_lru_gated_step_op(
@@ -450,8 +450,8 @@ class StaticDecoder:
                 out = tb.linear_out
             else:
                 lins = (tb.proj_q, tb.proj_k, tb.proj_v)
-                q, k, v = gemv_op(x, [v.weight for v in lins], [v.bias for v in lins], None,
-                                  pre.scale, pre.eps, None)  # fmt: skip
+                q, k, v = gemv_op(x, [lin.weight for lin in lins], [lin.bias for lin in lins],
+                                  None, pre.scale, pre.eps, None)  # fmt: skip
                 q, k, v = tb.rope(q[:, None], k[:, None], v[:, None], self.segment_pos)
                 mixed = _attend_static(tb, q, k, v, self.segment_pos, c, self.length)[:, 0]
                 out = tb.proj_final
