@@ -97,14 +97,20 @@ def init_attention_block(key, cfg: ModelConfig, dtype) -> dict:
     }
 
 
-def attention_block(cfg: ModelConfig, p: dict, x, segment_pos, cache, length, return_cache: bool):
-    """Multi-query attention with RoPE, local or global; x: [b, t, d] after `length` tokens."""
+def project(cfg: ModelConfig, p: dict, x, segment_pos):
+    """q [b, t, n, h] and the one key/value head k, v [b, t, h], RoPE at segment_pos."""
     b, t, _ = x.shape
     q = layers.linear(p["proj_q"], x).reshape(b, t, cfg.num_heads, cfg.head_dim)
     k = layers.linear(p["proj_k"], x)[:, :, None]
     q = layers.apply_rope(q, segment_pos, cfg.rope_dims, cfg.rope_base)
     k = layers.apply_rope(k, segment_pos, cfg.rope_dims, cfg.rope_base)[:, :, 0]
-    v = layers.linear(p["proj_v"], x)
+    return q, k, layers.linear(p["proj_v"], x)
+
+
+def attention_block(cfg: ModelConfig, p: dict, x, segment_pos, cache, length, return_cache: bool):
+    """Multi-query attention with RoPE, local or global; x: [b, t, d] after `length` tokens."""
+    b, t, _ = x.shape
+    q, k, v = project(cfg, p, x, segment_pos)
 
     q_pos = length + jnp.arange(t, dtype=jnp.int32)
     prev_start = jnp.zeros((b,), jnp.int32) if cache is None else cache.doc_start

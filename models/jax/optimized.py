@@ -191,12 +191,10 @@ def attention_block(
 ):
     """blocks.attention_block with a causal fast path, and decode in a window + 1 ring buffer.
     one_document: the caller knows that no row of segment_pos starts a document after index 0."""
+    from models.jax import blocks  # (blocks imports this module)
+
     b, t, _ = x.shape
-    q = layers.linear(p["proj_q"], x).reshape(b, t, cfg.num_heads, cfg.head_dim)
-    k = layers.linear(p["proj_k"], x)[:, :, None]
-    q = layers.apply_rope(q, segment_pos, cfg.rope_dims, cfg.rope_base)
-    k = layers.apply_rope(k, segment_pos, cfg.rope_dims, cfg.rope_base)[:, :, 0]
-    v = layers.linear(p["proj_v"], x)
+    q, k, v = blocks.project(cfg, p, x, segment_pos)
     window = cfg.attention_window
 
     q_pos = length + jnp.arange(t, dtype=jnp.int32)
