@@ -93,7 +93,8 @@ def _report(args) -> int:
         for path in sorted(RESULTS.glob("*/*.jsonl")):
             if path.parent.name == "local":
                 continue
-            print(build([path], REPORTS / f"{path.parent.name}-{path.stem}.html"))
+            out = REPORTS / f"{path.parent.name}-{path.stem}.html"
+            print(build([path], out, plotly_js="shared"))
             made += 1
         if not made:
             raise ValueError(f"no committed results files under {RESULTS}/DEVICE/*.jsonl")
@@ -103,7 +104,7 @@ def _report(args) -> int:
     missing = [p for p in args.results if not Path(p).exists()]
     if missing:
         raise ValueError(f"no such results file(s): {', '.join(missing)}")
-    print(build([Path(p) for p in args.results], Path(args.output)))
+    print(build([Path(p) for p in args.results], Path(args.output), plotly_js=args.plotly_js))
     return 0
 
 
@@ -147,7 +148,18 @@ def main(argv: list[str] | None = None) -> int:
     p_rep = sub.add_parser("report", help="build an HTML report from records files")
     p_rep.add_argument("results", nargs="*")
     p_rep.add_argument("-o", "--output", help="the HTML file to write")
-    p_rep.add_argument("--all", action="store_true", help="a report per committed results file")
+    p_rep.add_argument(
+        "--all",
+        action="store_true",
+        help="a report per committed results file, sharing reports/plotly.min.js",
+    )
+    p_rep.add_argument(
+        "--plotly-js",
+        choices=["inline", "shared"],
+        default="inline",
+        help="inline: plotly.js inside the page (default, one self-contained file); shared: "
+        "written once as plotly.min.js beside the page",
+    )
 
     p_ceil = sub.add_parser("ceilings", help="measure copy bandwidth and matmul rate here")
     p_ceil.add_argument("--device", choices=["cpu", "cuda"])

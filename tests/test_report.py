@@ -157,6 +157,24 @@ def test_committed_gpu_reports_render(page):
     assert any(not f["noData"] for f in result["figures"])
 
 
+def test_shared_plotly_js_pages_render_and_share_one_script(run_dir, tmp_path):
+    """`--plotly-js shared` (what `report --all` writes into reports/): plotly.js once beside the
+    pages, each page only its data, and the pages still draw every figure offline."""
+    out = tmp_path / "shared"
+    for name in ("a", "b"):
+        args = ["report", str(run_dir / "tiny.jsonl"), "-o", str(out / f"{name}.html")]
+        assert cli([*args, "--plotly-js", "shared"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.html", "b.html", "plotly.min.js"]
+    inline = (run_dir / "tiny.html").stat().st_size
+    assert (out / "a.html").stat().st_size < inline / 10
+    assert '<script src="plotly.min.js">' in (out / "a.html").read_text()
+    result = render(out / "b.html")
+    assert result["errors"] == []
+    assert sum(f["drawn"] > 0 for f in result["figures"]) == 5
+    with pytest.raises(ValueError, match="valid values are inline, shared"):
+        build([run_dir / "tiny.jsonl"], out / "c.html", plotly_js="cdn")
+
+
 def test_damaged_records_give_messages_not_tracebacks(run_dir, tmp_path):
     lines = (run_dir / "tiny.jsonl").read_text().splitlines()
     record = json.loads(lines[3])

@@ -1,4 +1,9 @@
-"""One self-contained HTML page (plotly.js embedded once; opens offline) from records files."""
+"""One HTML page from records files; opens offline.
+
+plotly.js goes either inside the page (``plotly_js="inline"``, the default: one self-contained
+file to mail or attach) or once into ``plotly.min.js`` beside the page (``"shared"``: the
+committed reports under ``reports/`` share it, so each page is its data, not 4.6 MB of script).
+"""
 
 from __future__ import annotations
 
@@ -113,10 +118,26 @@ def _environment(runs: list[dict], paths: list[Path], out: Path) -> str:
     return f"<h2>Environment</h2>{table}<p>Raw records: {links}</p>"
 
 
-def build(paths: list[str | Path], out: str | Path, title: str | None = None) -> Path:
+PLOTLY_JS_MODES = ("inline", "shared")
+SHARED_JS = "plotly.min.js"
+
+
+def build(
+    paths: list[str | Path],
+    out: str | Path,
+    title: str | None = None,
+    plotly_js: str = "inline",
+) -> Path:
     """Write the report of `paths` (JSONL records files) to `out`; returns its path."""
+    if plotly_js not in PLOTLY_JS_MODES:
+        raise ValueError(f"plotly_js={plotly_js!r}: valid values are {', '.join(PLOTLY_JS_MODES)}")
     paths = [Path(p) for p in paths]
     out = Path(out)
+    script = (
+        f'<script src="{SHARED_JS}"></script>'
+        if plotly_js == "shared"
+        else f"<script>{get_plotlyjs()}</script>"
+    )
     df, runs, problems = data.load(paths)
     title = title or "griffin-bench report: " + ", ".join(p.stem for p in paths)
     parts = [f"<h1>{_esc(title)}</h1>"]
@@ -194,10 +215,19 @@ def build(paths: list[str | Path], out: str | Path, title: str | None = None) ->
     )
     page = (
         f'<!doctype html><html><head><meta charset="utf-8"><title>{_esc(title)}</title>'
-        f"<style>{STYLE}</style><script>{get_plotlyjs()}</script></head><body>"
+        f"<style>{STYLE}</style>{script}</head><body>"
         + "".join(parts)
         + f"<script>const RECORDS = {payload};\n{TABLE_JS}</script></body></html>"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
+    if plotly_js == "shared":
+        _write_shared_js(out.parent / SHARED_JS)
     out.write_text(page, encoding="utf-8")
     return out
+
+
+def _write_shared_js(path: Path) -> None:
+    """plotly.js of the installed plotly beside the pages; rewritten only when it differs."""
+    js = get_plotlyjs()
+    if not path.exists() or path.read_text(encoding="utf-8") != js:
+        path.write_text(js, encoding="utf-8")
