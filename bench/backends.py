@@ -4,6 +4,7 @@ memory and out-of-memory detection. The workloads use only this and the implemen
 
 from __future__ import annotations
 
+import functools
 import gc
 import resource
 from dataclasses import dataclass
@@ -103,9 +104,7 @@ class JaxBackend:
         return np.asarray(x, dtype=np.float32)
 
     def argmax_next(self, logits):
-        import jax.numpy as jnp
-
-        return jnp.argmax(logits[:, -1], axis=-1, keepdims=True).astype(jnp.int32)
+        return _jax_argmax_next()(logits)
 
     def sync(self, out=None) -> None:
         import jax
@@ -154,3 +153,16 @@ def backend_for(name: str, device: str):
 def host_peak_rss_bytes() -> int:
     """Peak resident memory of this process (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@functools.cache
+def _jax_argmax_next():
+    """The greedy pick as one compiled op: eagerly, the slice, argmax and cast are three
+    dispatches from the host per decode step, which at batch 1 on a GPU can outlast the step's
+    own kernels and make the loop host-bound."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.jit(
+        lambda logits: jnp.argmax(logits[:, -1], axis=-1, keepdims=True).astype(jnp.int32)
+    )

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from kernels.conv1d import conv1d, conv1d_ref, conv1d_step, conv1d_step_ref
+from kernels.decode_attention import mqa_decode, mqa_decode_ref
 from kernels.fused import gelu_mul, gelu_mul_ref, rms_norm, rms_norm_ref
 from kernels.gemv import gemv, gemv_gated_up, gemv_gated_up_ref, gemv_ref
 from kernels.recurrent_step import rg_lru_gated_step, rg_lru_gated_step_ref
@@ -311,6 +312,42 @@ def test_gemv(k, ns, fused, dtype):
     assert len(ys) == len(ns)
     for y, ref in zip(ys, refs, strict=True):
         assert y.dtype == dtype and y.shape == ref.shape and rel(y, ref) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("b,n,s,h", [(2, 10, 150, 24), (3, 1, 64, 7), (1, 16, 200, 32)], ids=str)
+def test_mqa_decode(b, n, s, h, dtype):
+    """Slots split across programs (here ~64 a split, with a last split part-full); a mask with
+    holes, a row whose first split is wholly masked (a split that saw nothing), a window-like row
+    with one slot; head sizes not a power of two."""
+    g = torch.Generator().manual_seed(s + n)
+    q, k, v = (torch.randn(*shape, generator=g).to(DEVICE, dtype) for shape in
+               [(b, n, h), (b, s, h), (b, s, h)])  # fmt: skip
+    mask = torch.rand(b, s, generator=g) < 0.7
+    mask[0, : min(s - 1, 80)] = False
+    mask[:, -1] = True  # the step's own token
+    if b > 1:
+        mask[1] = False
+        mask[1, s // 2] = True
+    mask = mask.to(DEVICE)
+    ref = mqa_decode_ref(q.double(), k.double(), v.double(), mask, scale=0.3)
+    out = mqa_decode(q, k, v, mask, scale=0.3)
+    assert out.dtype == dtype and out.shape == ref.shape and rel(out, ref) <= TOL[dtype]
+    if b > 1:  # one slot seen: its value exactly (up to the output's rounding)
+        assert rel(out[1], v[1, s // 2].expand(n, h)) <= TOL[dtype]
+
+
+def test_mqa_decode_input_errors():
+    q, k = torch.zeros(1, 4, 8, device=DEVICE), torch.zeros(1, 5, 8, device=DEVICE)
+    mask = torch.ones(1, 5, dtype=torch.bool, device=DEVICE)
+    with pytest.raises(ValueError, match="one shared head"):
+        mqa_decode(q, k, k[:, :, :4], mask)
+    with pytest.raises(ValueError, match="mask must be bool"):
+        mqa_decode(q, k, k, mask.float())
+    with pytest.raises(ValueError, match="at most 16 query heads"):
+        mqa_decode(torch.zeros(1, 17, 8, device=DEVICE), k, k, mask)
+    with pytest.raises(ValueError, match="share a dtype"):
+        mqa_decode(q.bfloat16(), k, k, mask)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

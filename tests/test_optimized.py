@@ -170,20 +170,22 @@ def test_optimized_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):
         Model(CASES["hawk-tiny"], impl="fast")
 
 
+@pytest.mark.parametrize("kernel", [False, True], ids=["sdpa", "attention-kernel"])
 @pytest.mark.parametrize(
     ("name", "prompt"),
     [("griffin-tiny", 9), ("mqa-tiny", 9), ("mqa-tiny", 20), ("recurrentgemma-tiny", 9)],
 )
-def test_static_decoder_equals_reference_forward(name, prompt):
+def test_static_decoder_equals_reference_forward(name, prompt, kernel):
     """The CUDA-graph decode path (eager on the CPU): device-side stream position, static ring
     buffer and preallocated global cache, across resets and past the window; load() restarts.
-    (mqa-tiny after 20 tokens: the prefill's cache has 32 slots, more than the decoder's 28.)"""
+    (mqa-tiny after 20 tokens: the prefill's cache has 32 slots, more than the decoder's 28.)
+    Attention through SDPA, or through kernels.decode_attention (the CUDA default)."""
     ref, opt = pair(CASES[name])
     tokens, pos = data(3, T, CASES[name].vocab_size, RESETS, seed=3)
     with torch.no_grad():
         full = ref(tokens, pos)
         _, cache = opt.prefill(tokens[:, :prompt], pos[:, :prompt])
-        dec = StaticDecoder(opt, cache, capacity=T)
+        dec = StaticDecoder(opt, cache, capacity=T, attention_kernel=kernel)
         for _ in range(2):  # the second pass restarts from the same cache
             dec.load(cache)
             for t in range(prompt, T):
@@ -206,7 +208,7 @@ def test_static_decoder_gemv_step_equals_reference_forward(name, batch):
     with torch.no_grad():
         full = ref(tokens, pos)
         _, cache = opt.prefill(tokens[:, :9], pos[:, :9])
-        dec = StaticDecoder(opt, cache, capacity=T, gemv=True)
+        dec = StaticDecoder(opt, cache, capacity=T, gemv=True, attention_kernel=True)
         for t in range(9, T):
             logits = dec.step(tokens[:, t : t + 1], pos[:, t : t + 1])
             assert logits.shape == full[:, t : t + 1].shape

@@ -260,16 +260,18 @@ def copy_cache(cache):
     return Cache(copy.copy(blocks), cache.length)
 
 
-def _attention_step_static(blk, x, segment_pos, cache, length_t):
+def _attention_step_static(blk, x, segment_pos, cache, length_t, kernel: bool = False):
     """One decode step of an attention block whose stream position is a device tensor (so the
     step can be captured in a CUDA graph): writes k, v into the static cache, attends over it."""
     q, k, v = blk.project(x, segment_pos)
-    return blk.proj_final(_attend_static(blk, q, k, v, segment_pos, cache, length_t))
+    return blk.proj_final(_attend_static(blk, q, k, v, segment_pos, cache, length_t, kernel))
 
 
-def _attend_static(blk, q, k, v, segment_pos, cache, length_t):
+def _attend_static(blk, q, k, v, segment_pos, cache, length_t, kernel: bool = False):
     """The step's attention between the projections: q [b, 1, n, h], k, v [b, 1, h] (RoPE
-    applied) written into the static cache at length_t -> [b, 1, n * h]."""
+    applied) written into the static cache at length_t -> [b, 1, n * h]. kernel: attend with
+    kernels.decode_attention (the query heads as one tile's rows, the slots split across
+    programs) instead of SDPA."""
     from models.torch.blocks import doc_starts
 
     q_pos = length_t.view(1)
@@ -281,7 +283,14 @@ def _attend_static(blk, q, k, v, segment_pos, cache, length_t):
     cache.pos.index_copy_(0, slot, q_pos)
     mask = layers.attention_mask(q_pos, cache.pos, doc_start, window)
     cache.doc_start.copy_(doc_start[:, 0])
-    return _sdpa_mqa(q, cache.k.to(q.dtype), cache.v.to(q.dtype), mask)
+    keys, values = cache.k.to(q.dtype), cache.v.to(q.dtype)
+    if kernel:
+        from kernels.decode_attention import mqa_decode_op
+
+        b, _, n, h = q.shape
+        out = mqa_decode_op(q[:, 0].contiguous(), keys, values, mask[:, 0], h**-0.5)
+        return out.reshape(b, 1, n * h)
+    return _sdpa_mqa(q, keys, values, mask)
 
 
 class StaticDecoder:
@@ -301,6 +310,11 @@ class StaticDecoder:
     captured; later steps replay the graph. The returned logits are a static buffer that the
     next step overwrites. Elsewhere (CPU) the same step runs eagerly and uncompiled.
 
+    `attention_kernel` (default: on CUDA): attention layers attend with kernels.decode_attention
+    (one program reads a span of cache slots for all query heads) instead of SDPA, which pads
+    the step's one query per head to a prefill tile (147 us a layer at RecurrentGemma-2B shape,
+    batch 16, on an H100; results/h100/NOTES.md).
+
     `gemv` (default: at batch 1 on CUDA): the step's matmuls as fused GEMVs (kernels.gemv, see
     _gemv_step). Their MLP up-projection reads a copy of each `ffw_up.w` transposed to
     [2, N, K] (whole rows per program), made here: 2.0 GB at RecurrentGemma-2B. A weight changed
@@ -315,6 +329,7 @@ class StaticDecoder:
         capacity: int | None = None,
         compile: bool = True,
         gemv: bool | None = None,
+        attention_kernel: bool | None = None,
     ):
         from models.torch.blocks import AttentionCache
 
@@ -347,6 +362,9 @@ class StaticDecoder:
         # batch 1: the step's matmuls are GEMVs with the norms, residuals, gelu and soft cap
         # fused in (kernels.gemv); larger batches keep cuBLAS, which reads the weights once too
         self.gemv = (batch == 1 and self.tokens.is_cuda) if gemv is None else gemv
+        self.attention_kernel = (
+            self.tokens.is_cuda if attention_kernel is None else attention_kernel
+        )
         self.up_rows = []  # per block: its MLP up-projection as [2, N, K] for the row GEMV
         self.up_versions = []
         if self.gemv:
@@ -413,7 +431,7 @@ class StaticDecoder:
                 )
             else:
                 mixed = _attention_step_static(
-                    blk.temporal_block, h, self.segment_pos, c, self.length
+                    blk.temporal_block, h, self.segment_pos, c, self.length, self.attention_kernel
                 )
             residual = mixed + x
             x = mlp_forward(blk.mlp_block, norm(blk.channel_pre_norm, residual, plain), plain)
@@ -427,7 +445,7 @@ class StaticDecoder:
         norm + gated up-projection + gelu·mul, down-projection + residual; the logits as norm +
         GEMV + soft cap. A recurrent block's mixing is the Conv1D step (plain ops, which
         Inductor fuses) and one kernel for the gates, the RG-LRU step and gelu·mul
-        (kernels.recurrent_step); attention's is the same plain ops as the compiled step."""
+        (kernels.recurrent_step); attention's is the same as the compiled step's."""
         from kernels.gemv import gemv_gated_up_op, gemv_op
         from kernels.recurrent_step import rg_lru_gated_step_op
         from models.config import RECURRENT
@@ -453,7 +471,9 @@ class StaticDecoder:
                 q, k, v = gemv_op(x, [lin.weight for lin in lins], [lin.bias for lin in lins],
                                   None, pre.scale, pre.eps, None)  # fmt: skip
                 q, k, v = tb.rope(q[:, None], k[:, None], v[:, None], self.segment_pos)
-                mixed = _attend_static(tb, q, k, v, self.segment_pos, c, self.length)[:, 0]
+                mixed = _attend_static(
+                    tb, q, k, v, self.segment_pos, c, self.length, self.attention_kernel
+                )[:, 0]
                 out = tb.proj_final
             (residual,) = gemv_op(mixed, [out.weight], [out.bias], x, None, 0.0, None)
             mlp, post = blk.mlp_block, blk.channel_pre_norm

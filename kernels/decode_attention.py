@@ -1,0 +1,185 @@
+"""Multi-query attention for a decode step: one query token per row, one shared key/value head.
+
+    out = mqa_decode(q, k, v, mask)        # q [b, n, h]; k, v [b, s, h]; mask bool [b, s]
+    out = mqa_decode_ref(q, k, v, mask)    # plain torch, float32 math
+
+A decode step's attention reads the whole key/value cache (s slots of h values, twice) for one
+query per head. PyTorch's SDPA pads that single query to a 128-row tile of a prefill kernel and
+runs one tile per (row, head): at RecurrentGemma-2B shape on an H100 cuDNN's kernel took 15.6 us a
+layer at batch 1 and 147 us at batch 16, where the cache's bytes take ~1 us and ~11 us to read
+(results/h100/probes/profile-decode-7575a94). Here the n query heads, which share the key/value
+head, are the rows of one tile (n <= 16 padded to 16), and the slots are split across programs
+(flash-decoding): each program reads its slots' keys and values once, keeps a running softmax
+for all heads, and writes its partial sum; a second kernel combines the splits.
+
+Masked slots (mask False: outside the window, another document, an empty ring-buffer slot) get
+no weight. Every row must have at least one unmasked slot (a decode step always sees its own
+token). Math in float32 (the probabilities enter the value product in the inputs' dtype, as in
+flash attention); output in q's dtype.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from kernels._triton import tl, triton
+
+BLOCK_S = 64
+# Triton's interpreter (TRITON_INTERPRET=1, the CPU tests) multiplies bfloat16/float16 tiles in
+# tl.dot as their raw bits (triton 3.9: a 16x16 bf16 product came out ~1e10); there the tiles
+# are widened to float32 first. On a GPU the dots take the inputs' dtype, as flash attention's do.
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _check(q, k, v, mask):
+    if q.dim() != 3 or k.dim() != 3:
+        raise ValueError(
+            f"q must be [b, n, h] and k, v [b, s, h]; got {list(q.shape)}, {list(k.shape)}"
+        )
+    b, n, h = q.shape
+    if k.shape[0] != b or k.shape[2] != h or v.shape != k.shape:
+        raise ValueError(
+            f"k and v must be [{b}, s, {h}] (one shared head); got {list(k.shape)}, {list(v.shape)}"
+        )
+    if mask.shape != k.shape[:2] or mask.dtype != torch.bool:
+        raise ValueError(
+            f"mask must be bool [{b}, {k.shape[1]}], got {mask.dtype} {list(mask.shape)}"
+        )
+    if n > 16:
+        raise ValueError(f"at most 16 query heads share a key head here, got {n}")
+
+
+def mqa_decode_ref(q, k, v, mask, scale: float | None = None):
+    """softmax over the unmasked slots of (q . k) * scale, times v; scale defaults to h**-0.5."""
+    _check(q, k, v, mask)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = torch.einsum("bnh,bsh->bns", q.float(), k.float()) * scale
+    s = s.masked_fill(~mask[:, None, :], float("-inf"))
+    return torch.einsum("bns,bsh->bnh", torch.softmax(s, dim=-1), v.float()).to(q.dtype)
+
+
+@triton.jit
+def _split_kernel(q_ptr, k_ptr, v_ptr, m_ptr, acc_ptr, ml_ptr, N, S, H, chunk, scale,
+                  sqb, skb, sks, svb, svs, smb, SPLITS,
+                  BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
+                  PREC: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    b = tl.program_id(0).to(tl.int64)
+    sp = tl.program_id(1)
+    ns = tl.arange(0, BLOCK_N)
+    hs = tl.arange(0, BLOCK_H)
+    nmask, hmask = ns < N, hs < H
+    q = tl.load(q_ptr + b * sqb + ns[:, None] * H + hs[None, :],
+                mask=nmask[:, None] & hmask[None, :], other=0.0)  # fmt: skip
+    if UPCAST:
+        q = q.to(tl.float32)
+    m_i = tl.full([BLOCK_N], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_N], tl.float32)
+    acc = tl.zeros([BLOCK_N, BLOCK_H], tl.float32)
+    start = sp * chunk
+    end = tl.minimum(start + chunk, S)
+    for s0 in range(start, end, BLOCK_S):
+        ss = s0 + tl.arange(0, BLOCK_S)
+        valid = ss < end
+        keep = (tl.load(m_ptr + b * smb + ss, mask=valid, other=0) != 0) & valid
+        kt = tl.load(k_ptr + b * skb + ss[:, None] * sks + hs[None, :],
+                     mask=valid[:, None] & hmask[None, :], other=0.0)  # fmt: skip
+        if UPCAST:
+            kt = kt.to(tl.float32)
+        sc = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale
+        sc = tl.where(keep[None, :], sc, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(sc, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing seen yet: no scaling
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(sc - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        vt = tl.load(v_ptr + b * svb + ss[:, None] * svs + hs[None, :],
+                     mask=valid[:, None] & hmask[None, :], other=0.0)  # fmt: skip
+        if UPCAST:
+            vt = vt.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
+        m_i = m_new
+    part = b * SPLITS + sp
+    tl.store(acc_ptr + (part * BLOCK_N + ns[:, None]) * BLOCK_H + hs[None, :], acc)
+    tl.store(ml_ptr + (part * 2) * BLOCK_N + ns, m_i)
+    tl.store(ml_ptr + (part * 2 + 1) * BLOCK_N + ns, l_i)
+
+
+@triton.jit
+def _combine_kernel(acc_ptr, ml_ptr, o_ptr, N, H, SPLITS,
+                    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
+                    BLOCK_SPLITS: tl.constexpr):  # fmt: skip
+    b = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(1)
+    sps = tl.arange(0, BLOCK_SPLITS)
+    hs = tl.arange(0, BLOCK_H)
+    ms = tl.load(ml_ptr + ((b * SPLITS + sps) * 2) * BLOCK_N + n, mask=sps < SPLITS,
+                 other=float("-inf"))  # fmt: skip
+    big = tl.max(ms, 0)
+    out = tl.zeros([BLOCK_H], tl.float32)
+    den = 0.0
+    for sp in range(0, SPLITS):
+        part = b * SPLITS + sp
+        m = tl.load(ml_ptr + (part * 2) * BLOCK_N + n)
+        w = tl.where(m == float("-inf"), 0.0, tl.exp(m - big))  # a split that saw no slot
+        den += w * tl.load(ml_ptr + (part * 2 + 1) * BLOCK_N + n)
+        out += w * tl.load(acc_ptr + (part * BLOCK_N + n) * BLOCK_H + hs)
+    tl.store(o_ptr + (b * N + n) * H + hs, (out / den).to(o_ptr.dtype.element_ty), mask=hs < H)
+
+
+def _splits(b: int, s: int, sms: int) -> tuple[int, int]:
+    """(splits, slots per split): about two programs per SM over the batch, whole blocks each."""
+    blocks = triton.cdiv(s, BLOCK_S)
+    per = triton.cdiv(blocks, max(1, min(blocks, triton.cdiv(2 * sms, b))))
+    return triton.cdiv(blocks, per), per * BLOCK_S
+
+
+def _sm_count(device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 8  # the interpreter: a few splits, so the tests cross split boundaries
+
+
+def mqa_decode(q, k, v, mask, scale: float | None = None):
+    """mqa_decode_ref's result from two Triton launches (the split pass and the combine)."""
+    _check(q, k, v, mask)
+    if q.dtype != k.dtype or v.dtype != k.dtype:
+        raise ValueError(f"q, k and v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.stride(2) != 1 or v.stride(2) != 1:
+        raise ValueError("k and v must be contiguous in their last dimension")
+    b, n, h = q.shape
+    s = k.shape[1]
+    q = q.contiguous()
+    mask = mask.contiguous().view(torch.uint8)
+    scale = h**-0.5 if scale is None else scale
+    bn, bh = 16, triton.next_power_of_2(h)
+    splits, chunk = _splits(b, s, _sm_count(q.device))
+    acc = torch.empty(b * splits * bn * bh, dtype=torch.float32, device=q.device)
+    ml = torch.empty(b * splits * 2 * bn, dtype=torch.float32, device=q.device)
+    out = torch.empty_like(q)
+    prec = "ieee" if q.dtype == torch.float32 or _INTERPRET else "tf32"
+    _split_kernel[(b, splits)](
+        q, k, v, mask, acc, ml, n, s, h, chunk, float(scale),
+        q.stride(0), k.stride(0), k.stride(1), v.stride(0), v.stride(1), mask.stride(0), splits,
+        BLOCK_N=bn, BLOCK_S=BLOCK_S, BLOCK_H=bh, PREC=prec, UPCAST=_INTERPRET, num_warps=4,
+    )  # fmt: skip
+    _combine_kernel[(b, n)](
+        acc, ml, out, n, h, splits, BLOCK_N=bn, BLOCK_H=bh,
+        BLOCK_SPLITS=triton.next_power_of_2(splits), num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+# As a torch operator, so a torch.compile'd decode step (models.torch.optimized.StaticDecoder)
+# keeps it as one call between the kernels Inductor generates (decode only: no backward).
+@torch.library.custom_op("griffin_bench::mqa_decode", mutates_args=())
+def mqa_decode_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    return mqa_decode(q, k, v, mask, scale)
+
+
+@mqa_decode_op.register_fake
+def _(q, k, v, mask, scale):
+    return torch.empty_like(q)
