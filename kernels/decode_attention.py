@@ -163,6 +163,7 @@ def mqa_decode(q, k, v, mask, scale: float | None = None):
         q, k, v, mask, acc, ml, n, s, h, chunk, float(scale),
         q.stride(0), k.stride(0), k.stride(1), v.stride(0), v.stride(1), mask.stride(0), splits,
         BLOCK_N=bn, BLOCK_S=BLOCK_S, BLOCK_H=bh, PREC=prec, UPCAST=_INTERPRET, num_warps=4,
+        num_stages=2,  # two 64 x 256 key + value tiles in flight: 128 KB of shared memory
     )  # fmt: skip
     _combine_kernel[(b, n)](
         acc, ml, out, n, h, splits, BLOCK_N=bn, BLOCK_H=bh,
