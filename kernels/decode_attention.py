@@ -26,7 +26,6 @@ import torch
 
 from kernels._triton import tl, triton
 
-BLOCK_S = 64
 # Triton's interpreter (TRITON_INTERPRET=1, the CPU tests) multiplies bfloat16/float16 tiles in
 # tl.dot as their raw bits (triton 3.9: a 16x16 bf16 product came out ~1e10); there the tiles
 # are widened to float32 first. On a GPU the dots take the inputs' dtype, as flash attention's do.
@@ -85,8 +84,12 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, m_ptr, acc_ptr, ml_ptr, N, S, H, chunk, s
         keep = (tl.load(m_ptr + b * smb + ss, mask=valid, other=0) != 0) & valid
         kt = tl.load(k_ptr + b * skb + ss[:, None] * sks + hs[None, :],
                      mask=valid[:, None] & hmask[None, :], other=0.0)  # fmt: skip
+        # the values' load is issued with the keys' (not after the scores): both in flight at once
+        vt = tl.load(v_ptr + b * svb + ss[:, None] * svs + hs[None, :],
+                     mask=valid[:, None] & hmask[None, :], other=0.0)  # fmt: skip
         if UPCAST:
             kt = kt.to(tl.float32)
+            vt = vt.to(tl.float32)
         sc = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale
         sc = tl.where(keep[None, :], sc, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(sc, 1))
@@ -94,10 +97,6 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, m_ptr, acc_ptr, ml_ptr, N, S, H, chunk, s
         alpha = tl.exp(m_i - m_safe)
         p = tl.exp(sc - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        vt = tl.load(v_ptr + b * svb + ss[:, None] * svs + hs[None, :],
-                     mask=valid[:, None] & hmask[None, :], other=0.0)  # fmt: skip
-        if UPCAST:
-            vt = vt.to(tl.float32)
         acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
         m_i = m_new
     part = b * SPLITS + sp
@@ -109,7 +108,9 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, m_ptr, acc_ptr, ml_ptr, N, S, H, chunk, s
 @triton.jit
 def _combine_kernel(acc_ptr, ml_ptr, o_ptr, N, H, SPLITS,
                     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
-                    BLOCK_SPLITS: tl.constexpr):  # fmt: skip
+                    BLOCK_SPLITS: tl.constexpr, COMBINE: tl.constexpr):  # fmt: skip
+    # one program per (row, head); the splits' partial sums COMBINE at a time ([COMBINE, h]
+    # tiles: the loads of a group in flight together, not one split's after another's)
     b = tl.program_id(0).to(tl.int64)
     n = tl.program_id(1)
     sps = tl.arange(0, BLOCK_SPLITS)
@@ -118,21 +119,28 @@ def _combine_kernel(acc_ptr, ml_ptr, o_ptr, N, H, SPLITS,
                  other=float("-inf"))  # fmt: skip
     big = tl.max(ms, 0)
     out = tl.zeros([BLOCK_H], tl.float32)
-    den = 0.0
-    for sp in range(0, SPLITS):
-        part = b * SPLITS + sp
-        m = tl.load(ml_ptr + (part * 2) * BLOCK_N + n)
+    den = tl.zeros([COMBINE], tl.float32)
+    for c in range(0, SPLITS, COMBINE):
+        cs = c + tl.arange(0, COMBINE)
+        part = b * SPLITS + cs
+        m = tl.load(ml_ptr + (part * 2) * BLOCK_N + n, mask=cs < SPLITS, other=float("-inf"))
         w = tl.where(m == float("-inf"), 0.0, tl.exp(m - big))  # a split that saw no slot
-        den += w * tl.load(ml_ptr + (part * 2 + 1) * BLOCK_N + n)
-        out += w * tl.load(acc_ptr + (part * BLOCK_N + n) * BLOCK_H + hs)
-    tl.store(o_ptr + (b * N + n) * H + hs, (out / den).to(o_ptr.dtype.element_ty), mask=hs < H)
+        den += w * tl.load(ml_ptr + (part * 2 + 1) * BLOCK_N + n, mask=cs < SPLITS, other=0.0)
+        a = tl.load(acc_ptr + (part[:, None] * BLOCK_N + n) * BLOCK_H + hs[None, :],
+                    mask=(cs < SPLITS)[:, None], other=0.0)  # fmt: skip
+        out += tl.sum(w[:, None] * a, 0)
+    out = out / tl.sum(den, 0)
+    tl.store(o_ptr + (b * N + n) * H + hs, out.to(o_ptr.dtype.element_ty), mask=hs < H)
 
 
-def _splits(b: int, s: int, sms: int) -> tuple[int, int]:
-    """(splits, slots per split): about two programs per SM over the batch, whole blocks each."""
-    blocks = triton.cdiv(s, BLOCK_S)
+def _plan(b: int, s: int, sms: int) -> tuple[int, int, int]:
+    """(slots per block, splits, slots per split): about two programs per SM over the batch,
+    whole blocks each; 32-slot blocks when 64-slot ones would leave SMs idle (batch 1: 65
+    programs reading 32 KB each over a 2049-slot ring, not 33 reading 64 KB)."""
+    block = 32 if b * triton.cdiv(s, 64) < sms else 64
+    blocks = triton.cdiv(s, block)
     per = triton.cdiv(blocks, max(1, min(blocks, triton.cdiv(2 * sms, b))))
-    return triton.cdiv(blocks, per), per * BLOCK_S
+    return block, triton.cdiv(blocks, per), per * block
 
 
 def _sm_count(device) -> int:
@@ -154,7 +162,7 @@ def mqa_decode(q, k, v, mask, scale: float | None = None):
     mask = mask.contiguous().view(torch.uint8)
     scale = h**-0.5 if scale is None else scale
     bn, bh = 16, triton.next_power_of_2(h)
-    splits, chunk = _splits(b, s, _sm_count(q.device))
+    block, splits, chunk = _plan(b, s, _sm_count(q.device))
     acc = torch.empty(b * splits * bn * bh, dtype=torch.float32, device=q.device)
     ml = torch.empty(b * splits * 2 * bn, dtype=torch.float32, device=q.device)
     out = torch.empty_like(q)
@@ -162,12 +170,12 @@ def mqa_decode(q, k, v, mask, scale: float | None = None):
     _split_kernel[(b, splits)](
         q, k, v, mask, acc, ml, n, s, h, chunk, float(scale),
         q.stride(0), k.stride(0), k.stride(1), v.stride(0), v.stride(1), mask.stride(0), splits,
-        BLOCK_N=bn, BLOCK_S=BLOCK_S, BLOCK_H=bh, PREC=prec, UPCAST=_INTERPRET, num_warps=4,
-        num_stages=2,  # two 64 x 256 key + value tiles in flight: 128 KB of shared memory
+        BLOCK_N=bn, BLOCK_S=block, BLOCK_H=bh, PREC=prec, UPCAST=_INTERPRET, num_warps=4,
+        num_stages=2,  # at most two 64 x 256 key + value tiles in flight: 128 KB of shared memory
     )  # fmt: skip
     _combine_kernel[(b, n)](
         acc, ml, out, n, h, splits, BLOCK_N=bn, BLOCK_H=bh,
-        BLOCK_SPLITS=triton.next_power_of_2(splits), num_warps=4,
+        BLOCK_SPLITS=triton.next_power_of_2(splits), COMBINE=16, num_warps=4,
     )  # fmt: skip
     return out
 

@@ -315,11 +315,23 @@ def test_gemv(k, ns, fused, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("b,n,s,h", [(2, 10, 150, 24), (3, 1, 64, 7), (1, 16, 200, 32)], ids=str)
-def test_mqa_decode(b, n, s, h, dtype):
-    """Slots split across programs (here ~64 a split, with a last split part-full); a mask with
-    holes, a row whose first split is wholly masked (a split that saw nothing), a window-like row
-    with one slot; head sizes not a power of two."""
+@pytest.mark.parametrize(
+    "b,n,s,h,sms",
+    [(2, 10, 150, 24, 8), (3, 1, 64, 7, 8), (1, 16, 200, 32, 8), (2, 4, 300, 16, 8),
+     (1, 8, 1500, 16, 40)],
+    ids=str,
+)  # fmt: skip
+def test_mqa_decode(b, n, s, h, sms, dtype, monkeypatch):
+    """Slots split across programs (32- or 64-slot blocks, a last split part-full; with `sms`
+    SMs, 1500 slots make 47 splits, combined 16 at a time); a mask with holes, a row whose first
+    split is wholly masked (a split that saw nothing), a row that sees one slot; head sizes not a
+    power of two."""
+    import kernels.decode_attention as da
+
+    monkeypatch.setattr(da, "_sm_count", lambda device: sms)
+    block, splits, _ = da._plan(b, s, sms)
+    assert (block, splits) == {150: (32, 5), 64: (32, 2), 200: (32, 7), 300: (64, 5),
+                               1500: (32, 47)}[s]  # fmt: skip
     g = torch.Generator().manual_seed(s + n)
     q, k, v = (torch.randn(*shape, generator=g).to(DEVICE, dtype) for shape in
                [(b, n, h), (b, s, h), (b, s, h)])  # fmt: skip
