@@ -64,24 +64,27 @@ def _gated_step_kernel(xs_ptr, y_ptr, wx_ptr, bx_ptr, wa_ptr, ba_ptr, aparam_ptr
     ii = tl.arange(0, BLOCK_I)
     imask = ii < E
     row = pid_b.to(tl.int64) * D
+    ch = head * E + jj
+    # every load first, none waiting on another's result: a batch-1 step is a few memory
+    # round trips long, so their number (not the 2.6 MB of gate weights) sets its time
     xin = tl.load(xs_ptr + row + head * E + ii, mask=imask, other=0.0).to(tl.float32)
     woff = head * E * E + ii[:, None] * E + jj[None, :]
     wmask = imask[:, None] & jmask[None, :]
     wx = tl.load(wx_ptr + woff, mask=wmask, other=0.0).to(tl.float32)
     wa = tl.load(wa_ptr + woff, mask=wmask, other=0.0).to(tl.float32)
-    gx = tl.sum(wx * xin[:, None], axis=0)
-    ga = tl.sum(wa * xin[:, None], axis=0)
-    gx += tl.load(bx_ptr + head * E + jj, mask=jmask, other=0.0).to(tl.float32)
-    ga += tl.load(ba_ptr + head * E + jj, mask=jmask, other=0.0).to(tl.float32)
-    ch = head * E + jj
+    bx = tl.load(bx_ptr + ch, mask=jmask, other=0.0).to(tl.float32)
+    ba = tl.load(ba_ptr + ch, mask=jmask, other=0.0).to(tl.float32)
     x = tl.load(xs_ptr + row + ch, mask=jmask, other=0.0).to(tl.float32)
-    sp = _softplus(tl.load(aparam_ptr + ch, mask=jmask, other=0.0).to(tl.float32))
+    ap = tl.load(aparam_ptr + ch, mask=jmask, other=0.0).to(tl.float32)
+    h0 = tl.load(h_ptr + row + ch, mask=jmask, other=0.0)
+    g = tl.load(y_ptr + row + ch, mask=jmask, other=0.0).to(tl.float32)
     reset = (tl.load(reset_ptr + pid_b) != 0) + tl.zeros([1, BLOCK_J], dtype=tl.int1)
-    _, _, _, a, _, _, xn = _gates(x[None, :], gx[None, :], ga[None, :], sp, reset)
-    h = tl.sum(a * tl.load(h_ptr + row + ch, mask=jmask, other=0.0)[None, :] + xn, axis=0)
+    gx = tl.sum(wx * xin[:, None], axis=0) + bx
+    ga = tl.sum(wa * xin[:, None], axis=0) + ba
+    _, _, _, a, _, _, xn = _gates(x[None, :], gx[None, :], ga[None, :], _softplus(ap), reset)
+    h = tl.sum(a * h0[None, :] + xn, axis=0)
     tl.store(h_ptr + row + ch, h, mask=jmask)
     hv = h.to(z_ptr.dtype.element_ty).to(tl.float32)  # the step's output in the model's dtype
-    g = tl.load(y_ptr + row + ch, mask=jmask, other=0.0).to(tl.float32)
     t = _tanh(C * (g + KC * g * g * g))
     tl.store(z_ptr + row + ch, (0.5 * g * (1.0 + t) * hv).to(z_ptr.dtype.element_ty), mask=jmask)
 
