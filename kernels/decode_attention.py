@@ -2,6 +2,12 @@
 
     out = mqa_decode(q, k, v, mask)        # q [b, n, h]; k, v [b, s, h]; mask bool [b, s]
     out = mqa_decode_ref(q, k, v, mask)    # plain torch, float32 math
+    out = mqa_decode(q, k, v, mask, new=(k_new, v_new, slot))  # first k[:, slot] = k_new, ...
+
+`new`: the step's own key and value ([b, h] each) and its cache slot (an int64 tensor of one
+element, on the device, so a CUDA graph can replay the step): they are written into k and v in
+place, by the program that reads that slot (which uses them from its registers), instead of by
+two copy kernels before the attention.
 
 A decode step's attention reads the whole key/value cache (s slots of h values, twice) for one
 query per head. PyTorch's SDPA pads that single query to a 128-row tile of a prefill kernel and
@@ -32,6 +38,22 @@ from kernels._triton import tl, triton
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _check_new(k, new):
+    if new is None:
+        return
+    k_new, v_new, slot = new
+    b, _, h = k.shape
+    if k_new.shape != (b, h) or v_new.shape != (b, h):
+        raise ValueError(
+            f"the new key and value must be [{b}, {h}]; got {list(k_new.shape)}, "
+            f"{list(v_new.shape)}"
+        )
+    if k_new.dtype != k.dtype or v_new.dtype != k.dtype:
+        raise ValueError(f"the new key and value must be {k.dtype} like the cache")
+    if slot.numel() != 1 or slot.dtype != torch.int64:
+        raise ValueError(f"slot must be one int64 element, got {slot.dtype} {list(slot.shape)}")
+
+
 def _check(q, k, v, mask):
     if q.dim() != 3 or k.dim() != 3:
         raise ValueError(
@@ -50,9 +72,14 @@ def _check(q, k, v, mask):
         raise ValueError(f"at most 16 query heads share a key head here, got {n}")
 
 
-def mqa_decode_ref(q, k, v, mask, scale: float | None = None):
-    """softmax over the unmasked slots of (q . k) * scale, times v; scale defaults to h**-0.5."""
+def mqa_decode_ref(q, k, v, mask, scale: float | None = None, new=None):
+    """softmax over the unmasked slots of (q . k) * scale, times v; scale defaults to h**-0.5.
+    new = (k_new, v_new, slot): k[:, slot] = k_new and v[:, slot] = v_new first (in place)."""
     _check(q, k, v, mask)
+    _check_new(k, new)
+    if new is not None:
+        k.index_copy_(1, new[2].view(1), new[0][:, None])
+        v.index_copy_(1, new[2].view(1), new[1][:, None])
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     s = torch.einsum("bnh,bsh->bns", q.float(), k.float()) * scale
     s = s.masked_fill(~mask[:, None, :], float("-inf"))
@@ -60,10 +87,10 @@ def mqa_decode_ref(q, k, v, mask, scale: float | None = None):
 
 
 @triton.jit
-def _split_kernel(q_ptr, k_ptr, v_ptr, m_ptr, acc_ptr, ml_ptr, N, S, H, chunk, scale,
-                  sqb, skb, sks, svb, svs, smb, SPLITS,
+def _split_kernel(q_ptr, k_ptr, v_ptr, m_ptr, acc_ptr, ml_ptr, kn_ptr, vn_ptr, slot_ptr,
+                  N, S, H, chunk, scale, sqb, skb, sks, svb, svs, smb, SPLITS,
                   BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
-                  PREC: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+                  PREC: tl.constexpr, UPCAST: tl.constexpr, NEW: tl.constexpr):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)
     sp = tl.program_id(1)
     ns = tl.arange(0, BLOCK_N)
@@ -78,6 +105,14 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, m_ptr, acc_ptr, ml_ptr, N, S, H, chunk, s
     acc = tl.zeros([BLOCK_N, BLOCK_H], tl.float32)
     start = sp * chunk
     end = tl.minimum(start + chunk, S)
+    if NEW:  # the step's own key and value: kept in registers, written at their slot
+        slot = tl.load(slot_ptr)
+        k_new = tl.load(kn_ptr + b * H + hs, mask=hmask, other=0.0)
+        v_new = tl.load(vn_ptr + b * H + hs, mask=hmask, other=0.0)
+        slots = tl.zeros([BLOCK_H], tl.int64) + slot
+        mine = hmask & (slots >= start) & (slots < end)
+        tl.store(k_ptr + b * skb + slots * sks + hs, k_new, mask=mine)
+        tl.store(v_ptr + b * svb + slots * svs + hs, v_new, mask=mine)
     for s0 in range(start, end, BLOCK_S):
         ss = s0 + tl.arange(0, BLOCK_S)
         valid = ss < end
@@ -87,6 +122,10 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, m_ptr, acc_ptr, ml_ptr, N, S, H, chunk, s
         # the values' load is issued with the keys' (not after the scores): both in flight at once
         vt = tl.load(v_ptr + b * svb + ss[:, None] * svs + hs[None, :],
                      mask=valid[:, None] & hmask[None, :], other=0.0)  # fmt: skip
+        if NEW:
+            at = (ss == slot)[:, None]
+            kt = tl.where(at, k_new[None, :], kt)
+            vt = tl.where(at, v_new[None, :], vt)
         if UPCAST:
             kt = kt.to(tl.float32)
             vt = vt.to(tl.float32)
@@ -149,9 +188,11 @@ def _sm_count(device) -> int:
     return 8  # the interpreter: a few splits, so the tests cross split boundaries
 
 
-def mqa_decode(q, k, v, mask, scale: float | None = None):
-    """mqa_decode_ref's result from two Triton launches (the split pass and the combine)."""
+def mqa_decode(q, k, v, mask, scale: float | None = None, new=None):
+    """mqa_decode_ref's result (and its writes, with `new`) from two Triton launches: the split
+    pass and the combine."""
     _check(q, k, v, mask)
+    _check_new(k, new)
     if q.dtype != k.dtype or v.dtype != k.dtype:
         raise ValueError(f"q, k and v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     if k.stride(2) != 1 or v.stride(2) != 1:
@@ -167,10 +208,15 @@ def mqa_decode(q, k, v, mask, scale: float | None = None):
     ml = torch.empty(b * splits * 2 * bn, dtype=torch.float32, device=q.device)
     out = torch.empty_like(q)
     prec = "ieee" if q.dtype == torch.float32 or _INTERPRET else "tf32"
+    if new is not None:
+        k_new, v_new, slot = new[0].contiguous(), new[1].contiguous(), new[2]
+    else:
+        k_new = v_new = slot = q  # unused
     _split_kernel[(b, splits)](
-        q, k, v, mask, acc, ml, n, s, h, chunk, float(scale),
+        q, k, v, mask, acc, ml, k_new, v_new, slot, n, s, h, chunk, float(scale),
         q.stride(0), k.stride(0), k.stride(1), v.stride(0), v.stride(1), mask.stride(0), splits,
-        BLOCK_N=bn, BLOCK_S=block, BLOCK_H=bh, PREC=prec, UPCAST=_INTERPRET, num_warps=4,
+        BLOCK_N=bn, BLOCK_S=block, BLOCK_H=bh, PREC=prec, UPCAST=_INTERPRET, NEW=new is not None,
+        num_warps=4,
         num_stages=2,  # at most two 64 x 256 key + value tiles in flight: 128 KB of shared memory
     )  # fmt: skip
     _combine_kernel[(b, n)](
@@ -180,8 +226,8 @@ def mqa_decode(q, k, v, mask, scale: float | None = None):
     return out
 
 
-# As a torch operator, so a torch.compile'd decode step (models.torch.optimized.StaticDecoder)
-# keeps it as one call between the kernels Inductor generates (decode only: no backward).
+# As torch operators, so a torch.compile'd decode step (models.torch.optimized.StaticDecoder)
+# keeps each as one call between the kernels Inductor generates (decode only: no backward).
 @torch.library.custom_op("griffin_bench::mqa_decode", mutates_args=())
 def mqa_decode_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
@@ -191,4 +237,23 @@ def mqa_decode_op(
 
 @mqa_decode_op.register_fake
 def _(q, k, v, mask, scale):
+    return torch.empty_like(q)
+
+
+@torch.library.custom_op("griffin_bench::mqa_decode_write", mutates_args=("k", "v"))
+def mqa_decode_write_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    slot: torch.Tensor,
+) -> torch.Tensor:
+    return mqa_decode(q, k, v, mask, scale, new=(k_new, v_new, slot))
+
+
+@mqa_decode_write_op.register_fake
+def _(q, k, v, mask, scale, k_new, v_new, slot):
     return torch.empty_like(q)

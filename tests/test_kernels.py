@@ -348,6 +348,18 @@ def test_mqa_decode(b, n, s, h, sms, dtype, monkeypatch):
     if b > 1:  # one slot seen: its value exactly (up to the output's rounding)
         assert rel(out[1], v[1, s // 2].expand(n, h)) <= TOL[dtype]
 
+    # with the step's own key and value written at their slot by the kernel (the last slot:
+    # the one every row sees), as the decoder calls it; the cache's other slots untouched
+    k_new, v_new = (torch.randn(b, h, generator=g).to(DEVICE, dtype) for _ in range(2))
+    slot = torch.tensor([s - 1], device=DEVICE)
+    kr, vr = k.double(), v.double()
+    ref = mqa_decode_ref(q.double(), kr, vr, mask, 0.3, new=(k_new.double(), v_new.double(), slot))
+    k0, v0 = k.clone(), v.clone()
+    out = mqa_decode(q, k, v, mask, 0.3, new=(k_new, v_new, slot))
+    assert rel(out, ref) <= TOL[dtype]
+    assert torch.equal(k[:, -1], k_new) and torch.equal(v[:, -1], v_new)
+    assert torch.equal(k[:, :-1], k0[:, :-1]) and torch.equal(v[:, :-1], v0[:, :-1])
+
 
 def test_mqa_decode_input_errors():
     q, k = torch.zeros(1, 4, 8, device=DEVICE), torch.zeros(1, 5, 8, device=DEVICE)
@@ -360,6 +372,11 @@ def test_mqa_decode_input_errors():
         mqa_decode(torch.zeros(1, 17, 8, device=DEVICE), k, k, mask)
     with pytest.raises(ValueError, match="share a dtype"):
         mqa_decode(q.bfloat16(), k, k, mask)
+    slot = torch.tensor([0], device=DEVICE)
+    with pytest.raises(ValueError, match="new key and value must be"):
+        mqa_decode(q, k, k, mask, new=(k[:, 0, :4], k[:, 0], slot))
+    with pytest.raises(ValueError, match="slot must be one int64"):
+        mqa_decode(q, k, k, mask, new=(k[:, 0], k[:, 0], slot.int()))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

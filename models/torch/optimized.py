@@ -278,6 +278,17 @@ def _attend_static(blk, q, k, v, segment_pos, cache, length_t, kernel: bool = Fa
     doc_start = doc_starts(segment_pos, q_pos, cache)  # [b, 1]
     window = blk.cfg.attention_window
     slot = q_pos % (window + 1) if window is not None else q_pos
+    if kernel and cache.k.dtype == q.dtype:  # the kernel writes k, v at their slot itself
+        from kernels.decode_attention import mqa_decode_write_op
+
+        cache.pos.index_copy_(0, slot, q_pos)
+        mask = layers.attention_mask(q_pos, cache.pos, doc_start, window)
+        cache.doc_start.copy_(doc_start[:, 0])
+        b, _, n, h = q.shape
+        out = mqa_decode_write_op(
+            q[:, 0].contiguous(), cache.k, cache.v, mask[:, 0], h**-0.5, k[:, 0], v[:, 0], slot
+        )
+        return out.reshape(b, 1, n * h)
     cache.k.index_copy_(1, slot, k.to(cache.k.dtype))
     cache.v.index_copy_(1, slot, v.to(cache.v.dtype))
     cache.pos.index_copy_(0, slot, q_pos)
