@@ -315,6 +315,25 @@ def test_gemv(k, ns, fused, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("inclusive", [True, False], ids=["look-back", "walk-to-tile-0"])
+def test_linear_scan_chained_forward(shape, dtype, inclusive):
+    """The forward chained across time tiles by decoupled look-back (scan._forward_chained):
+    with and without h0; tiles publishing their inclusive prefix (a look-back ends at the tile
+    before), or only their transform (every look-back composes its way back to tile 0)."""
+    from kernels import scan
+
+    b, t, d = shape
+    a = leaf(b, t, d, dtype=dtype, positive=True).detach()
+    x = leaf(b, t, d, dtype=dtype).detach()
+    h0 = torch.randn(b, d, device=DEVICE)
+    for start in (None, h0):
+        h, h_last = scan._forward_chained(a, x, start, (16, 32, 1, True), inclusive)
+        ref, ref_last = linear_scan_ref(a.double(), x.double(), _f64(start))
+        assert h.dtype == dtype and rel(h, ref) <= TOL[dtype] and rel(h_last, ref_last) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(
     "b,n,s,h,sms",
     [(2, 10, 150, 24, 8), (3, 1, 64, 7, 8), (1, 16, 200, 32, 8), (2, 4, 300, 16, 8),

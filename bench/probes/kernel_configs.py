@@ -106,17 +106,39 @@ def measure_length(T, results, ceiling, grids):
     x = torch.randn(B, T, D, device="cuda").bfloat16()
     sub = slice(0, D, 40)  # reference on a channel subset (channels are independent)
     h_ref, _ = scan_mod.linear_scan_ref(a[..., sub].float(), x[..., sub].float())
-    best_fwd = sweep(
-        f"scan fwd T={T}",
-        lambda cfg: lambda: scan_mod._forward(a, x, None, cfg),
-        lambda out: rel(out[0][..., sub], h_ref),
-        grids["scan fwd"],
-        3 * n * 2,
-        results,
-        ceiling,
-        (scan_mod._scan_fwd_kernel,),
-    )
-    h, _ = scan_mod._forward(a, x, None, best_fwd)
+    if "scan fwd" in grids:
+        sweep(
+            f"scan fwd T={T}",
+            lambda cfg: lambda: scan_mod._forward(a, x, None, cfg),
+            lambda out: rel(out[0][..., sub], h_ref),
+            grids["scan fwd"],
+            3 * n * 2,
+            results,
+            ceiling,
+            (scan_mod._scan_fwd_kernel,),
+        )
+    if "scan fwd chained" in grids:  # one program per tile, chained by decoupled look-back
+        sweep(
+            f"scan fwd chained T={T}",
+            lambda cfg: lambda: scan_mod._forward_chained(a, x, None, cfg),
+            lambda out: rel(out[0][..., sub], h_ref),
+            grids["scan fwd chained"],
+            3 * n * 2,
+            results,
+            ceiling,
+            (scan_mod._scan_fwd_chained_kernel,),
+        )
+    if "scan bwd" in grids:
+        _scan_bwd(a, x, sub, n, results, ceiling, grids)
+    if "jax associative" in grids:
+        _jax_associative(a, x, T, n, results)
+    if any(k in grids for k in ("rglru fwd", "rglru bwd", "conv fwd")):
+        _rglru_conv(T, sub, n, results, ceiling, grids)
+
+
+def _scan_bwd(a, x, sub, n, results, ceiling, grids):
+    T = x.shape[1]
+    h, _ = scan_mod._forward(a, x, None)
     dh = torch.randn_like(x)
     sweep(
         f"scan bwd T={T}",
@@ -128,7 +150,10 @@ def measure_length(T, results, ceiling, grids):
         ceiling,
         (scan_mod._scan_bwd_kernel,),
     )
-    # the fastest peer: JAX's associative scan (bf16 in/out, float32 combine)
+
+
+def _jax_associative(a, x, T, n, results):
+    """The fastest peer: JAX's associative scan (bf16 in/out, float32 combine)."""
     try:
         import jax
         import jax.numpy as jnp
@@ -160,34 +185,41 @@ def measure_length(T, results, ceiling, grids):
     except Exception as exc:
         print(f"jax associative: {exc}", flush=True)
 
-    # RG-LRU and conv at this length
+
+def _rglru_conv(T, sub, n, results, ceiling, grids):
+    """RG-LRU and Conv1D at this length."""
     xs = [torch.randn(B, T, D, device="cuda").bfloat16() for _ in range(3)]
     a_param = torch.randn(D, device="cuda").bfloat16()
     pos = torch.arange(T, device="cuda").repeat(B, 1)
     pos[:, T // 2 :] -= T // 2
     y_ref, _ = rglru_mod.rg_lru_ref(*(v[..., sub] for v in xs), a_param[sub], pos)
-    best_rf = sweep(
-        f"rglru fwd T={T}",
-        lambda cfg: lambda: rglru_mod._rglru_forward(*xs, a_param, pos, None, cfg),
-        lambda out: rel(out[0][..., sub], y_ref),
-        grids["rglru fwd"],
-        4 * n * 2,
-        results,
-        ceiling,
-        (rglru_mod._rglru_fwd_kernel,),
-    )
+    best_rf = rglru_mod.FWD_CONFIG
+    if "rglru fwd" in grids:
+        best_rf = sweep(
+            f"rglru fwd T={T}",
+            lambda cfg: lambda: rglru_mod._rglru_forward(*xs, a_param, pos, None, cfg),
+            lambda out: rel(out[0][..., sub], y_ref),
+            grids["rglru fwd"],
+            4 * n * 2,
+            results,
+            ceiling,
+            (rglru_mod._rglru_fwd_kernel,),
+        )
     y, _ = rglru_mod._rglru_forward(*xs, a_param, pos, None, best_rf)
     dy = torch.randn_like(y)
-    sweep(
-        f"rglru bwd T={T}",
-        lambda cfg: lambda: rglru_mod._rglru_backward(*xs, a_param, pos, None, y, dy, None, cfg),
-        lambda out: 0.0 if torch.isfinite(out[0]).all() else float("nan"),
-        grids["rglru bwd"],
-        8 * n * 2,
-        results,
-        ceiling,
-        (rglru_mod._rglru_bwd_kernel,),
-    )
+    if "rglru bwd" in grids:
+        sweep(
+            f"rglru bwd T={T}",
+            lambda cfg: (
+                lambda: rglru_mod._rglru_backward(*xs, a_param, pos, None, y, dy, None, cfg)
+            ),
+            lambda out: 0.0 if torch.isfinite(out[0]).all() else float("nan"),
+            grids["rglru bwd"],
+            8 * n * 2,
+            results,
+            ceiling,
+            (rglru_mod._rglru_bwd_kernel,),
+        )
     w, bias = (
         torch.randn(4, D, device="cuda").bfloat16(),
         torch.randn(D, device="cuda").bfloat16(),
@@ -200,14 +232,21 @@ def measure_length(T, results, ceiling, grids):
         conv_mod.FWD_CONFIG = cfg
         return lambda: conv_mod._Conv1D.apply(xs[0], w, bias, pos, None)[0]
 
-    sweep(f"conv fwd T={T}", conv_call, lambda out: rel(out[..., sub], c_ref), grids["conv fwd"], 2 * n * 2,
-          results, ceiling, (conv_mod._conv_fwd_kernel,))  # fmt: skip
+    if "conv fwd" in grids:
+        sweep(f"conv fwd T={T}", conv_call, lambda out: rel(out[..., sub], c_ref), grids["conv fwd"],
+              2 * n * 2, results, ceiling, (conv_mod._conv_fwd_kernel,))  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out")
     parser.add_argument("--quick", action="store_true", help="fewer configurations")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help="only these sweeps (e.g. 'scan fwd' 'scan fwd chained' 'jax associative')",
+    )
     parser.add_argument(
         "--grid", choices=("full", "top"), default="full",
         help="top: only the best configurations of the last full sweep (for A/B runs)",
@@ -230,6 +269,9 @@ def main() -> None:
         "rglru fwd": list(P([32, 64, 128], [8, 16, 32], [1, 2, 4], [True], [3])),
         "rglru bwd": list(P([16, 32, 64], [8, 16, 32], [1, 2, 4], [True], [3])),
         "conv fwd": list(P([32, 64, 128], [32, 64], [1, 2, 4], [True], [1])),
+        # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D): one program per tile
+        "scan fwd chained": list(P([64, 128, 256], [16, 32, 64], [1, 2, 4], [True])),
+        "jax associative": [None],
     }
     if args.grid == "top":  # the best of the third sweep (results/h100/NOTES.md)
         grids = {
@@ -238,7 +280,14 @@ def main() -> None:
             "rglru fwd": [(32, 16, 2, True, 3), (64, 16, 1, True, 3), (32, 16, 1, True, 3)],
             "rglru bwd": [(16, 16, 1, True, 3), (16, 32, 2, True, 3), (32, 16, 2, True, 3)],
             "conv fwd": [(64, 32, 2, True, 1), (32, 32, 4, True, 1)],
+            "scan fwd chained": grids["scan fwd chained"],
+            "jax associative": [None],
         }
+    if args.only:
+        unknown = sorted(set(args.only) - set(grids))
+        if unknown:
+            raise SystemExit(f"--only {unknown}: valid names are {sorted(grids)}")
+        grids = {k: v for k, v in grids.items() if k in args.only}
     if args.quick:
         grids = {k: v[:2] for k, v in grids.items()}
 
@@ -247,7 +296,12 @@ def main() -> None:
         g = (
             grids
             if T == 4096
-            else {k: [r["config"] for r in results[f"{k} T=4096"][:2]] for k in grids}
+            else {
+                k: [r["config"] for r in results[f"{k} T=4096"][:2]]
+                if k != "jax associative"
+                else v
+                for k, v in grids.items()
+            }
         )
         measure_length(T, results, ceiling, g)
         torch.cuda.empty_cache()
