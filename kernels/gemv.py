@@ -23,11 +23,46 @@ dtype.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
 from kernels._triton import tl, triton
 from kernels.fused import _SQRT_2_OVER_PI, _tanh, gelu_mul_ref, rms_norm_ref
+
+# Programmatic dependent launch (`pdl=True`, Hopper): the kernel is launched so that it may start
+# before the kernel ahead of it in the stream has finished. Its programs first prefetch their
+# weight rows into L2 (the weights do not depend on the previous kernel), then wait for it
+# (griddepcontrol.wait) before reading x, then let the next kernel start early in turn. Meant
+# to hide each GEMV's ramp and tail in a chain of them; off by default until measured
+# (results/h100/NOTES.md). Triton's interpreter has no griddepcontrol: there pdl is ignored.
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _prefetch_rows(w_ptr, rows, N, K, LINES: tl.constexpr, PER_LINE: tl.constexpr):
+    """One L2 prefetch per 128-byte line of w[rows, :K] (PER_LINE elements a line)."""
+    lines = tl.arange(0, LINES)
+    ok = (rows[:, None] < N) & (lines[None, :] * PER_LINE < K)
+    offs = tl.where(ok, rows[:, None].to(tl.int64) * K + lines[None, :] * PER_LINE, 0)
+    tl.inline_asm_elementwise(
+        "prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [w_ptr + offs], dtype=tl.int32,
+        is_pure=False, pack=1,
+    )  # fmt: skip
+
+
+@triton.jit
+def _wait_for_previous():
+    tl.extra.cuda.gdc_wait()
+    tl.extra.cuda.gdc_launch_dependents()
+
+
+def _pdl_args(pdl: bool, w: torch.Tensor, k: int) -> dict:
+    on = pdl and not _INTERPRET
+    per_line = 128 // w.element_size()
+    return {"PDL": on, "LINES": triton.next_power_of_2(triton.cdiv(k, per_line)),
+            "PER_LINE": per_line, "launch_pdl": on}  # fmt: skip
 
 
 def _check(x, weights, biases, residual, norm):
@@ -147,12 +182,23 @@ def _gemv_kernel(x_ptr, s_ptr, r_ptr,
                  K, eps, cap,
                  NORM: tl.constexpr, BIAS0: tl.constexpr, BIAS1: tl.constexpr,
                  BIAS2: tl.constexpr, RES: tl.constexpr, CAP: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+                 LINES: tl.constexpr, PER_LINE: tl.constexpr):  # fmt: skip
     # programs [0, P0) take rows of weight 0, [P0, P0 + P1) of weight 1, the rest of weight 2;
     # axis 1 is the row of x
     pid = tl.program_id(0)
     m = tl.program_id(1).to(tl.int64)
     x_ptr += m * K
+    if PDL:
+        if pid < P0:
+            _prefetch_rows(w0, pid * BLOCK_N + tl.arange(0, BLOCK_N), N0, K, LINES, PER_LINE)
+        elif pid < P0 + P1:
+            _prefetch_rows(w1, (pid - P0) * BLOCK_N + tl.arange(0, BLOCK_N), N1, K, LINES,
+                           PER_LINE)  # fmt: skip
+        else:
+            _prefetch_rows(w2, (pid - P0 - P1) * BLOCK_N + tl.arange(0, BLOCK_N), N2, K, LINES,
+                           PER_LINE)  # fmt: skip
+        _wait_for_previous()
     if pid < P0:
         rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         y, ss = _rows_dot(x_ptr, s_ptr, w0, rows, N0, K, NORM, BLOCK_N, BLOCK_K)
@@ -177,12 +223,12 @@ def _block_n(n_rows: int) -> int:
     return 4 if n_rows <= 8192 else 16
 
 
-def gemv(x, weights, biases=None, residual=None, norm=None, cap=None, *, config=None):
+def gemv(x, weights, biases=None, residual=None, norm=None, cap=None, *, config=None, pdl=False):
     """[norm(x) @ w.T + b (soft-capped) (+ residual) for w in weights], one launch.
     x [M, K]; weights: one to three [N_i, K]; biases: None or one per weight (each None or
     [N_i]); residual [M, N] (one weight only); norm: (scale [K], eps) for rms_norm_ref's
     x / rms(x) * (1 + scale); cap: the logits' soft cap. config: (BLOCK_N, BLOCK_K, num_warps)
-    instead of the defaults (bench.probes.gemv)."""
+    instead of the defaults (bench.probes.gemv). pdl: programmatic dependent launch (above)."""
     _check(x, weights, biases, residual, norm)
     _check_dtype(x, weights)
     x = x.contiguous()
@@ -212,6 +258,7 @@ def gemv(x, weights, biases=None, residual=None, norm=None, cap=None, *, config=
         NORM=norm is not None, BIAS0=bs[0] is not None,
         BIAS1=len(bs) > 1 and bs[1] is not None, BIAS2=len(bs) > 2 and bs[2] is not None,
         RES=residual is not None, CAP=cap is not None, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+        **_pdl_args(pdl, ws[0], k),
     )  # fmt: skip
     return outs
 
@@ -232,7 +279,8 @@ def _check_up(x, w, b, norm, rows: bool = False):
 @triton.jit
 def _gated_up_kernel(x_ptr, s_ptr, w_ptr, b_ptr, o_ptr, N, K, eps, C: tl.constexpr,
                      KC: tl.constexpr, NORM: tl.constexpr, BIAS: tl.constexpr,
-                     ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+                     ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     PDL: tl.constexpr, LINES: tl.constexpr, PER_LINE: tl.constexpr):  # fmt: skip
     # outputs [pid * BLOCK_N, +BLOCK_N) from both halves of w: with ROWS, w is [2, N, K] and a
     # tile is BLOCK_N whole rows (K contiguous, as _gemv_kernel); else w is [2, K, N] and a tile
     # is BLOCK_K rows of BLOCK_N columns each. Axis 1 of the grid: the row of x.
@@ -240,6 +288,11 @@ def _gated_up_kernel(x_ptr, s_ptr, w_ptr, b_ptr, o_ptr, N, K, eps, C: tl.constex
     m = tl.program_id(1).to(tl.int64)
     x_ptr += m * K
     nmask = idx < N
+    half = K.to(tl.int64) * N
+    if PDL:  # (rows=True only: whole rows to prefetch)
+        _prefetch_rows(w_ptr, idx, N, K, LINES, PER_LINE)
+        _prefetch_rows(w_ptr + half, idx, N, K, LINES, PER_LINE)
+        _wait_for_previous()
     if ROWS:
         acc_g = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
         acc_u = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
@@ -247,7 +300,6 @@ def _gated_up_kernel(x_ptr, s_ptr, w_ptr, b_ptr, o_ptr, N, K, eps, C: tl.constex
         acc_g = tl.zeros((BLOCK_K, BLOCK_N), tl.float32)
         acc_u = tl.zeros((BLOCK_K, BLOCK_N), tl.float32)
     ss = tl.zeros((BLOCK_K,), tl.float32)
-    half = K.to(tl.int64) * N
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         kmask = ks < K
@@ -279,7 +331,7 @@ def _gated_up_kernel(x_ptr, s_ptr, w_ptr, b_ptr, o_ptr, N, K, eps, C: tl.constex
     tl.store(o_ptr + m * N + idx, (0.5 * g * (1.0 + t) * u).to(o_ptr.dtype.element_ty), mask=nmask)
 
 
-def gemv_gated_up(x, w, b=None, norm=None, *, rows: bool = False, config=None):
+def gemv_gated_up(x, w, b=None, norm=None, *, rows: bool = False, config=None, pdl=False):
     """The MLP's first half at batch 1: gelu_tanh(h @ w[0] + b[0]) * (h @ w[1] + b[1]) with
     h = norm(x), one launch reading x once and each half of w once. -> [M, N].
 
@@ -309,7 +361,7 @@ def gemv_gated_up(x, w, b=None, norm=None, *, rows: bool = False, config=None):
         x, scale, w, b.contiguous() if b is not None else w, out, n, k,
         float(norm[1]) if norm is not None else 0.0, C=_SQRT_2_OVER_PI, KC=0.044715,
         NORM=norm is not None, BIAS=b is not None, ROWS=rows, BLOCK_N=bn, BLOCK_K=bk,
-        num_warps=warps,
+        num_warps=warps, **_pdl_args(pdl and rows, w, k),
     )  # fmt: skip
     return out
 
@@ -326,12 +378,14 @@ def gemv_op(
     scale: torch.Tensor | None,
     eps: float,
     cap: float | None,
+    pdl: bool = False,
 ) -> list[torch.Tensor]:
-    return gemv(x, weights, biases, residual, None if scale is None else (scale, eps), cap)
+    norm = None if scale is None else (scale, eps)
+    return gemv(x, weights, biases, residual, norm, cap, pdl=pdl)
 
 
 @gemv_op.register_fake
-def _(x, weights, biases, residual, scale, eps, cap):
+def _(x, weights, biases, residual, scale, eps, cap, pdl=False):
     return [x.new_empty(x.shape[0], w.shape[0]) for w in weights]
 
 
@@ -343,10 +397,11 @@ def gemv_gated_up_op(
     scale: torch.Tensor | None,
     eps: float,
     rows: bool,
+    pdl: bool = False,
 ) -> torch.Tensor:
-    return gemv_gated_up(x, w, b, None if scale is None else (scale, eps), rows=rows)
+    return gemv_gated_up(x, w, b, None if scale is None else (scale, eps), rows=rows, pdl=pdl)
 
 
 @gemv_gated_up_op.register_fake
-def _(x, w, b, scale, eps, rows):
+def _(x, w, b, scale, eps, rows, pdl=False):
     return x.new_empty(x.shape[0], w.shape[1] if rows else w.shape[2])

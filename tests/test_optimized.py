@@ -208,7 +208,7 @@ def test_static_decoder_gemv_step_equals_reference_forward(name, batch):
     with torch.no_grad():
         full = ref(tokens, pos)
         _, cache = opt.prefill(tokens[:, :9], pos[:, :9])
-        dec = StaticDecoder(opt, cache, capacity=T, gemv=True, attention_kernel=True)
+        dec = StaticDecoder(opt, cache, capacity=T, gemv=True, attention_kernel=True, pdl=True)
         for t in range(9, T):
             logits = dec.step(tokens[:, t : t + 1], pos[:, t : t + 1])
             assert logits.shape == full[:, t : t + 1].shape

@@ -326,6 +326,10 @@ class StaticDecoder:
     the step's one query per head to a prefill tile (147 us a layer at RecurrentGemma-2B shape,
     batch 16, on an H100; results/h100/NOTES.md).
 
+    `pdl` (with `gemv`; off by default until measured): the GEMVs launched with programmatic
+    dependent launch (kernels.gemv: each prefetches its weights into L2 before waiting for the
+    kernel ahead of it).
+
     `gemv` (default: at batch 1 on CUDA): the step's matmuls as fused GEMVs (kernels.gemv, see
     _gemv_step). Their MLP up-projection reads a copy of each `ffw_up.w` transposed to
     [2, N, K] (whole rows per program), made here: 2.0 GB at RecurrentGemma-2B. A weight changed
@@ -341,6 +345,7 @@ class StaticDecoder:
         compile: bool = True,
         gemv: bool | None = None,
         attention_kernel: bool | None = None,
+        pdl: bool = False,
     ):
         from models.torch.blocks import AttentionCache
 
@@ -373,6 +378,7 @@ class StaticDecoder:
         # batch 1: the step's matmuls are GEMVs with the norms, residuals, gelu and soft cap
         # fused in (kernels.gemv); larger batches keep cuBLAS, which reads the weights once too
         self.gemv = (batch == 1 and self.tokens.is_cuda) if gemv is None else gemv
+        self.pdl = pdl
         self.attention_kernel = (
             self.tokens.is_cuda if attention_kernel is None else attention_kernel
         )
@@ -464,12 +470,13 @@ class StaticDecoder:
         m = self.model
         x = m.embed(self.tokens)[:, 0]  # [1, d]
         reset = self.segment_pos[:, 0] == 0
+        pdl = self.pdl
         for i, (blk, c) in enumerate(zip(m.blocks, self.blocks, strict=True)):
             pre, tb = blk.temporal_pre_norm, blk.temporal_block
             if blk.kind == RECURRENT:
                 lins = (tb.linear_y, tb.linear_x)
                 y, xb = gemv_op(x, [lin.weight for lin in lins], [lin.bias for lin in lins], None,
-                                pre.scale, pre.eps, None)  # fmt: skip
+                                pre.scale, pre.eps, None, pdl)  # fmt: skip
                 conv, lru = tb.conv_1d, tb.rg_lru
                 xs = conv1d_step_ref(xb, conv.w, conv.b, c.conv, reset)
                 gx, ga = lru.input_gate, lru.a_gate
@@ -480,24 +487,24 @@ class StaticDecoder:
             else:
                 lins = (tb.proj_q, tb.proj_k, tb.proj_v)
                 q, k, v = gemv_op(x, [lin.weight for lin in lins], [lin.bias for lin in lins],
-                                  None, pre.scale, pre.eps, None)  # fmt: skip
+                                  None, pre.scale, pre.eps, None, pdl)  # fmt: skip
                 q, k, v = tb.rope(q[:, None], k[:, None], v[:, None], self.segment_pos)
                 mixed = _attend_static(
                     tb, q, k, v, self.segment_pos, c, self.length, self.attention_kernel
                 )[:, 0]
                 out = tb.proj_final
-            (residual,) = gemv_op(mixed, [out.weight], [out.bias], x, None, 0.0, None)
+            (residual,) = gemv_op(mixed, [out.weight], [out.bias], x, None, 0.0, None, pdl)
             mlp, post = blk.mlp_block, blk.channel_pre_norm
             up = gemv_gated_up_op(
-                residual, self.up_rows[i], mlp.ffw_up.b, post.scale, post.eps, True
+                residual, self.up_rows[i], mlp.ffw_up.b, post.scale, post.eps, True, pdl
             )
             down = mlp.ffw_down
-            (x,) = gemv_op(up, [down.weight], [down.bias], residual, None, 0.0, None)
+            (x,) = gemv_op(up, [down.weight], [down.bias], residual, None, 0.0, None, pdl)
         self.length += 1
         fin = m.final_norm
         (logits,) = gemv_op(
             x, [m.embedder.input_embedding], [None], None, fin.scale, fin.eps,
-            m.config.logits_soft_cap or None,
+            m.config.logits_soft_cap or None, pdl,
         )  # fmt: skip
         return logits[:, None]
 
