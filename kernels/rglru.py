@@ -25,7 +25,17 @@ import torch
 import torch.nn.functional as F
 
 from kernels._triton import tl, triton
-from kernels.scan import _combine, _d_offsets, _first_row, _last_row, linear_scan_ref
+from kernels.scan import (
+    _chain_prefix,
+    _chain_publish,
+    _chain_tile,
+    _combine,
+    _d_offsets,
+    _first_row,
+    _last_row,
+    chain_buffers,
+    linear_scan_ref,
+)
 
 MAX_SQRT_GRADIENT = 1000.0
 
@@ -94,6 +104,9 @@ def rg_lru_ref(
 
 # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES), as for kernels.scan.
 FWD_CONFIG = (32, 16, 2, True, 3)
+# the chained forward (_rglru_forward_chained, not yet measured on a GPU, so not the default):
+# (BLOCK_T, BLOCK_D, num_warps, CONTIG_D)
+FWD_CHAINED_CONFIG = (64, 16, 2, True)
 BWD_CONFIG = (16, 32, 2, True, 3)
 
 
@@ -176,6 +189,55 @@ def _rglru_fwd_kernel(
     tl.store(hlast_ptr + pid_b * D + offs_d, h, mask=mask_d)
     if SUMMARY:
         tl.store(aprod_ptr + pid_b * D + offs_d, a_prod, mask=mask_d)
+
+
+@triton.jit(do_not_specialize=["stride_d"])
+def _rglru_fwd_chained_kernel(
+    # pointers
+    x_ptr, gx_ptr, ga_ptr, aparam_ptr, seg_ptr, h0_ptr, y_ptr, hlast_ptr,
+    flag_ptr, agg_ptr, inc_ptr,
+    # sizes: ROWS = b * channel blocks; the grid is ROWS * N_CHUNKS programs
+    T, D, N_DBLK, ROWS, N_CHUNKS,
+    # strides: x, gx, ga, y share them; segment_pos [b, t]; h0 / h_last [b, d] contiguous
+    stride_b, stride_t, stride_d, seg_b, seg_t,
+    # meta-parameters
+    HAS_SEG: tl.constexpr, HAS_H0: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    CONTIG_D: tl.constexpr, PUBLISH_INCLUSIVE: tl.constexpr,
+):  # fmt: skip
+    # _rglru_fwd_kernel's math on one tile of BLOCK_T steps x BLOCK_D channels per program,
+    # chained across time as kernels.scan._scan_fwd_chained_kernel (decoupled look-back)
+    chunk, row, pid_b, offs_d = _chain_tile(flag_ptr, ROWS, N_CHUNKS, N_DBLK, BLOCK_D)
+    mask_d = offs_d < D
+    base = pid_b.to(tl.int64) * stride_b + _d_offsets(offs_d, stride_d, CONTIG_D)[None, :]
+    offs_t = chunk * BLOCK_T + tl.arange(0, BLOCK_T)
+    in_t = offs_t < T
+    mask = in_t[:, None] & mask_d[None, :]
+    ptrs = base + offs_t[:, None].to(tl.int64) * stride_t
+    x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+    gx = tl.load(gx_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+    ga = tl.load(ga_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+    sp = _softplus(tl.load(aparam_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32))
+    if HAS_SEG:
+        seg = tl.load(seg_ptr + pid_b * seg_b + offs_t * seg_t, mask=in_t, other=1)
+        reset = (seg == 0)[:, None]
+    else:
+        reset = tl.zeros([BLOCK_T, 1], dtype=tl.int1)
+    _, _, _, a, _, _, xn = _gates(x, gx, ga, sp, reset)
+    a = tl.where(mask, a, 1.0)  # padding carries h through
+    xn = tl.where(mask, xn, 0.0)
+    a_cum, x_cum = tl.associative_scan((a, xn), axis=0, combine_fn=_combine)
+    if HAS_H0:
+        h0 = tl.load(h0_ptr + pid_b * D + offs_d, mask=mask_d, other=0.0)
+    else:
+        h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
+    h_in = _chain_prefix(flag_ptr, agg_ptr, inc_ptr, row, chunk, N_CHUNKS, a_cum, x_cum, h0,
+                         BLOCK_T, BLOCK_D)  # fmt: skip
+    hs = a_cum * h_in[None, :] + x_cum
+    h_out = _last_row(hs, BLOCK_T)
+    _chain_publish(flag_ptr, inc_ptr, row, chunk, N_CHUNKS, h_out, BLOCK_D, PUBLISH_INCLUSIVE)
+    tl.store(y_ptr + ptrs, hs.to(y_ptr.dtype.element_ty), mask=mask)
+    if chunk == N_CHUNKS - 1:
+        tl.store(hlast_ptr + pid_b * D + offs_d, h_out, mask=mask_d)
 
 
 @triton.jit(do_not_specialize=["stride_d"])
@@ -284,6 +346,26 @@ def _rglru_forward(x, gx, ga, a_param, segment_pos, h0, config=FWD_CONFIG, summa
         num_warps=warps,
     )  # fmt: skip
     return (h_last, y) if summary else (y, h_last)
+
+
+def _rglru_forward_chained(
+    x, gx, ga, a_param, segment_pos, h0, config=FWD_CHAINED_CONFIG, publish_inclusive=True
+):
+    """y, h_last from one program per (BLOCK_T x BLOCK_D) tile, chained across time by
+    decoupled look-back (`_rglru_fwd_chained_kernel`; not the default until measured)."""
+    b, t, d = x.shape
+    block_t, block_d, warps, contig = config
+    n_dblk, n_chunks, rows, flags, agg, inc = chain_buffers(b, t, d, block_t, block_d, x.device)
+    h_last = torch.empty(b, d, device=x.device, dtype=torch.float32)
+    y = torch.empty_like(x)
+    seg, seg_b, seg_t = _seg_args(segment_pos, x)
+    _rglru_fwd_chained_kernel[(rows * n_chunks,)](
+        x, gx, ga, a_param, seg, h0 if h0 is not None else h_last, y, h_last, flags, agg, inc,
+        t, d, n_dblk, rows, n_chunks, x.stride(0), x.stride(1), x.stride(2), seg_b, seg_t,
+        HAS_SEG=segment_pos is not None, HAS_H0=h0 is not None, BLOCK_T=block_t,
+        BLOCK_D=block_d, CONTIG_D=contig, PUBLISH_INCLUSIVE=publish_inclusive, num_warps=warps,
+    )  # fmt: skip
+    return y, h_last
 
 
 # Time-parallel forward for few sequences (prefill at batch 1): the kernel's grid is

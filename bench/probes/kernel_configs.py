@@ -132,7 +132,7 @@ def measure_length(T, results, ceiling, grids):
         _scan_bwd(a, x, sub, n, results, ceiling, grids)
     if "jax associative" in grids:
         _jax_associative(a, x, T, n, results)
-    if any(k in grids for k in ("rglru fwd", "rglru bwd", "conv fwd")):
+    if any(k in grids for k in ("rglru fwd", "rglru fwd chained", "rglru bwd", "conv fwd")):
         _rglru_conv(T, sub, n, results, ceiling, grids)
 
 
@@ -205,6 +205,17 @@ def _rglru_conv(T, sub, n, results, ceiling, grids):
             ceiling,
             (rglru_mod._rglru_fwd_kernel,),
         )
+    if "rglru fwd chained" in grids:  # one program per tile, chained by decoupled look-back
+        sweep(
+            f"rglru fwd chained T={T}",
+            lambda cfg: lambda: rglru_mod._rglru_forward_chained(*xs, a_param, pos, None, cfg),
+            lambda out: rel(out[0][..., sub], y_ref),
+            grids["rglru fwd chained"],
+            4 * n * 2,
+            results,
+            ceiling,
+            (rglru_mod._rglru_fwd_chained_kernel,),
+        )
     y, _ = rglru_mod._rglru_forward(*xs, a_param, pos, None, best_rf)
     dy = torch.randn_like(y)
     if "rglru bwd" in grids:
@@ -271,6 +282,7 @@ def main() -> None:
         "conv fwd": list(P([32, 64, 128], [32, 64], [1, 2, 4], [True], [1])),
         # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D): one program per tile
         "scan fwd chained": list(P([64, 128, 256], [16, 32, 64], [1, 2, 4], [True])),
+        "rglru fwd chained": list(P([32, 64, 128], [8, 16, 32], [1, 2, 4], [True])),
         "jax associative": [None],
     }
     if args.grid == "top":  # the best of the third sweep (results/h100/NOTES.md)
@@ -280,7 +292,27 @@ def main() -> None:
             "rglru fwd": [(32, 16, 2, True, 3), (64, 16, 1, True, 3), (32, 16, 1, True, 3)],
             "rglru bwd": [(16, 16, 1, True, 3), (16, 32, 2, True, 3), (32, 16, 2, True, 3)],
             "conv fwd": [(64, 32, 2, True, 1), (32, 32, 4, True, 1)],
-            "scan fwd chained": grids["scan fwd chained"],
+            # not yet measured: a spread of tile shapes
+            "scan fwd chained": [
+                (64, 32, 1, True),
+                (128, 32, 1, True),
+                (128, 32, 2, True),
+                (256, 32, 2, True),
+                (128, 64, 2, True),
+                (256, 64, 4, True),
+                (128, 16, 1, True),
+                (64, 64, 2, True),
+            ],
+            "rglru fwd chained": [
+                (32, 16, 1, True),
+                (64, 16, 2, True),
+                (64, 32, 2, True),
+                (128, 16, 2, True),
+                (128, 32, 4, True),
+                (32, 32, 2, True),
+                (64, 8, 1, True),
+                (128, 8, 2, True),
+            ],
             "jax associative": [None],
         }
     if args.only:
