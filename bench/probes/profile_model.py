@@ -1,7 +1,8 @@
 """Profile the optimized torch model on the GPU: prefill, one eager decode step and a training
-step of a preset, random weights, bf16. Prints the kernels that take the most GPU time.
+step of a preset (at each of --train-batch, T=2048), random weights, bf16. Prints the kernels
+that take the most GPU time.
 
-    python -m bench.probes.profile_model [--model recurrentgemma-2b] [--out DIR]
+    python -m bench.probes.profile_model [--model recurrentgemma-2b] [--train-batch 1 8] [--out DIR]
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="recurrentgemma-2b")
     parser.add_argument("--out")
+    parser.add_argument(
+        "--train-batch", type=int, nargs="+", default=[1], help="training step batch sizes"
+    )
     args = parser.parse_args()
     out = Path(args.out) if args.out else None
     if out:
@@ -55,8 +59,10 @@ def main() -> None:
             out,
         )
     step, restore = torch_train_step(m, m)
-    targets = torch.roll(tokens, -1, 1)
-    run(f"{args.model}-train-b1", lambda: step(tokens, pos, targets), out)
+    for b in args.train_batch:
+        tb = torch.randint(0, m.config.vocab_size, (b, 2048), device="cuda")
+        pb, targets = pos.expand(b, -1), torch.roll(tb, -1, 1)
+        run(f"{args.model}-train-b{b}", lambda: step(tb, pb, targets), out)  # noqa: B023
     restore()
 
 
