@@ -153,6 +153,7 @@ class KernelWorkload(Workload):
     def measure(self, handle, p: dict, dtype: str, seed: int, tcfg: TimingConfig) -> Measurement:
         inputs = make_inputs(self.op, p, seed, handle.backend.device, dtype)
         fn = handle.prepare(inputs, bool(p["backward"]))
+        fn, timer, capture_error = graphed(fn, handle.backend)
         timing = handle.backend.timer().measure(fn, cfg=tcfg)
         n = p["batch"] * p["seq_len"] * p["width"]
         itemsize = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
@@ -163,9 +164,29 @@ class KernelWorkload(Workload):
             "tokens": p["batch"] * p["seq_len"],
         }
         floor_ms = None
-        return Measurement(
-            timing, work, extra={"elements": n, "tensors_moved": tensors, "floor_ms": floor_ms}
-        )
+        extra = {"elements": n, "tensors_moved": tensors, "floor_ms": floor_ms}
+        if capture_error:
+            extra["graph_capture_error"] = capture_error
+        return Measurement(timing, work, extra=extra, timer=timer)
+
+
+def graphed(fn, backend):
+    """(the function to time, the timer's name or None, the capture's error or None).
+
+    torch on a GPU: `fn` captured once as a CUDA graph and timed as its replay ("cuda_graph"),
+    as the regression gate does (bench.regress.capture_round): an eager fwd+bwd call goes
+    through autograd's Python and allocations, and below T=8192 on the H100 those host steps,
+    not the kernels, set its time (results/h100/NOTES.md). A call that cannot be captured (a
+    peer that syncs with the host) is timed eagerly, with the capture's error in the record.
+    Elsewhere: `fn` as it is."""
+    if getattr(backend, "name", None) != "torch" or not getattr(backend, "on_gpu", False):
+        return fn, None, None
+    from bench.regress import capture_round
+
+    try:
+        return capture_round(fn, calls=1, sync=False), "cuda_graph", None
+    except Exception as e:
+        return fn, None, f"{type(e).__name__}: {e}"[:500]
 
 
 KERNEL_WORKLOADS = tuple(KernelWorkload(op) for op in ("scan", "rglru", "conv1d"))

@@ -148,9 +148,10 @@ def timer_for(case_id: str, device: str) -> str | None:
     return "cuda-graph" if catalog.implementation(case.impl).backend == "torch" else "eager"
 
 
-def capture_round(fn, calls: int, warmup: int = 3):
+def capture_round(fn, calls: int, warmup: int = 3, sync: bool = True):
     """`calls` calls of `fn` captured as one CUDA graph; returns a function that replays it and
-    waits for the GPU. Raises whatever the capture raises (after waiting for the GPU again).
+    (with `sync`) waits for the GPU. Raises whatever the capture raises (after waiting for the
+    GPU again).
 
     Why: a torch fwd+bwd call goes through torch.autograd.grad (Python, the autograd engine,
     allocations), and when the host's speed dips the GPU idles between kernels. On the H100 at
@@ -185,7 +186,8 @@ def capture_round(fn, calls: int, warmup: int = 3):
 
     def replay():
         graph.replay()
-        torch.cuda.synchronize()
+        if sync:
+            torch.cuda.synchronize()
 
     return replay
 

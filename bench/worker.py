@@ -400,7 +400,7 @@ def _measure_kernels(job, spec, points, backend, finish, env_info, tcfg) -> int:
             rec.update(
                 status="ok",
                 timing=m.timing.summary(),
-                timer=handle.backend.timer().kind,
+                timer=m.timer or handle.backend.timer().kind,
                 work=m.work,
                 metrics=derive(m, job.get("ceilings")),
                 memory={

@@ -28,6 +28,7 @@ class Measurement:
     memory: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     params: dict | None = None  # the parameters actually used, when the search chose them
+    timer: str | None = None  # how the timing was taken, when not the backend's timer's way
 
 
 def input_seed(gate_key: str) -> int:

@@ -97,3 +97,20 @@ def test_workload_parameters_are_validated():
         workload("train_step").normalize({"seq_len": 16, "tokens_per_batch": 40})
     with pytest.raises(ValueError, match="needs parameter"):
         workload("decode").normalize({"prompt": 4})
+
+
+def test_kernel_points_are_graph_timed_on_a_gpu_only():
+    """torch kernel points on a GPU are timed as a CUDA-graph replay (bench.kernel_workloads.
+    graphed); on the CPU, and for JAX, the call is timed as it is; a call whose capture fails is
+    timed eagerly and the capture's error is kept for the record."""
+    from bench.backends import JaxBackend, TorchBackend
+    from bench.kernel_workloads import graphed
+
+    def fn():
+        return 1
+
+    assert graphed(fn, TorchBackend("cpu")) == (fn, None, None)
+    assert graphed(fn, JaxBackend("cuda")) == (fn, None, None)
+    if not torch.cuda.is_available():  # a "GPU" backend here: the capture fails, eager timing
+        timed, timer, error = graphed(fn, TorchBackend("cuda"))
+        assert timed is fn and timer is None and error
