@@ -4,10 +4,15 @@
     out = mqa_decode_ref(q, k, v, mask)    # plain torch, float32 math
     out = mqa_decode(q, k, v, mask, new=(k_new, v_new, slot))  # first k[:, slot] = k_new, ...
 
+    out = mqa_decode(q, k, v, mask, new=..., rope=(positions, rope_dims, base))  # q, k_new raw
+
 `new`: the step's own key and value ([b, h] each) and its cache slot (an int64 tensor of one
 element, on the device, so a CUDA graph can replay the step): they are written into k and v in
 place, by the program that reads that slot (which uses them from its registers), instead of by
-two copy kernels before the attention.
+two copy kernels before the attention. `rope` (with `new`): q and k_new come before their
+rotary embedding, which the kernel applies (`rope_ref`: rotate-half on the first rope_dims
+channels of each head, at positions [b], the rows' segment positions) instead of two kernels
+before it; the rotated key is what goes into the cache.
 
 A decode step's attention reads the whole key/value cache (s slots of h values, twice) for one
 query per head. PyTorch's SDPA pads that single query to a 128-row tile of a prefill kernel and
@@ -26,6 +31,7 @@ flash attention); output in q's dtype.
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -72,11 +78,46 @@ def _check(q, k, v, mask):
         raise ValueError(f"at most 16 query heads share a key head here, got {n}")
 
 
-def mqa_decode_ref(q, k, v, mask, scale: float | None = None, new=None):
+def rope_ref(x, positions, rope_dims: int, base: float):
+    """x [b, ..., h] rotated at positions [b] (models.torch.layers.apply_rope's formula: the
+    rotate-half layout on the first rope_dims channels, the angles in float32; here the
+    products in float32 too, rounded to x's dtype once)."""
+    freq = torch.arange(rope_dims // 2, device=x.device)
+    inv = 1.0 / (base ** (2 * freq / rope_dims))
+    ang = positions.view(-1, *([1] * (x.dim() - 1))) * inv  # [b, 1.., rope_dims / 2]
+    sin, cos = torch.sin(ang), torch.cos(ang)
+    xf = x.float()
+    x1, x2, rest = (
+        xf[..., : rope_dims // 2],
+        xf[..., rope_dims // 2 : rope_dims],
+        xf[..., rope_dims:],
+    )
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1).to(x.dtype)
+
+
+def _check_rope(q, new, rope):
+    if rope is None:
+        return
+    if new is None:
+        raise ValueError("rope needs new=(k_new, v_new, slot): the kernel rotates q and k_new")
+    positions, dims, _ = rope
+    if positions.shape != (q.shape[0],) or positions.dtype != torch.int64:
+        raise ValueError(f"rope positions must be int64 [{q.shape[0]}], got {positions.dtype} "
+                         f"{list(positions.shape)}")  # fmt: skip
+    if not (0 < dims <= q.shape[-1] and dims % 2 == 0):
+        raise ValueError(f"rope_dims must be even and in (0, {q.shape[-1]}], got {dims}")
+
+
+def mqa_decode_ref(q, k, v, mask, scale: float | None = None, new=None, rope=None):
     """softmax over the unmasked slots of (q . k) * scale, times v; scale defaults to h**-0.5.
-    new = (k_new, v_new, slot): k[:, slot] = k_new and v[:, slot] = v_new first (in place)."""
+    new = (k_new, v_new, slot): k[:, slot] = k_new and v[:, slot] = v_new first (in place).
+    rope = (positions, rope_dims, base): q and k_new rotated first (rope_ref)."""
     _check(q, k, v, mask)
     _check_new(k, new)
+    _check_rope(q, new, rope)
+    if rope is not None:
+        q = rope_ref(q, *rope)
+        new = (rope_ref(new[0], *rope), new[1], new[2])
     if new is not None:
         k.index_copy_(1, new[2].view(1), new[0][:, None])
         v.index_copy_(1, new[2].view(1), new[1][:, None])
@@ -87,17 +128,40 @@ def mqa_decode_ref(q, k, v, mask, scale: float | None = None, new=None):
 
 
 @triton.jit
+def _rope_tables(pos_ptr, b, hs, R, log2_base):
+    """cos, sin, the partner channel and its sign for the rotate-half RoPE of one row: channel
+    c < R/2 pairs with c + R/2 (-sin), R/2 <= c < R with c - R/2 (+sin), c >= R passes."""
+    p = tl.load(pos_ptr + b).to(tl.float32)
+    half = R // 2
+    f = tl.where(hs < half, hs, hs - half).to(tl.float32)
+    ang = p * tl.exp2(-(2.0 * f / R) * log2_base)
+    rot = hs < R
+    cos = tl.where(rot, tl.cos(ang), 1.0)
+    sin = tl.where(rot, tl.sin(ang), 0.0)
+    partner = tl.where(hs < half, hs + half, tl.where(rot, hs - half, hs))
+    sign = tl.where(hs < half, -1.0, 1.0)
+    return cos, sin, partner, sign
+
+
+@triton.jit
 def _split_kernel(q_ptr, k_ptr, v_ptr, m_ptr, acc_ptr, ml_ptr, kn_ptr, vn_ptr, slot_ptr,
+                  pos_ptr, R, log2_base,
                   N, S, H, chunk, scale, sqb, skb, sks, svb, svs, smb, SPLITS,
                   BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
-                  PREC: tl.constexpr, UPCAST: tl.constexpr, NEW: tl.constexpr):  # fmt: skip
+                  PREC: tl.constexpr, UPCAST: tl.constexpr, NEW: tl.constexpr,
+                  ROPE: tl.constexpr):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)
     sp = tl.program_id(1)
     ns = tl.arange(0, BLOCK_N)
     hs = tl.arange(0, BLOCK_H)
     nmask, hmask = ns < N, hs < H
-    q = tl.load(q_ptr + b * sqb + ns[:, None] * H + hs[None, :],
-                mask=nmask[:, None] & hmask[None, :], other=0.0)  # fmt: skip
+    qmask = nmask[:, None] & hmask[None, :]
+    q = tl.load(q_ptr + b * sqb + ns[:, None] * H + hs[None, :], mask=qmask, other=0.0)
+    if ROPE:  # rotate q (and below k_new) here, in float32, rounded to the inputs' dtype once
+        cos, sin, partner, sign = _rope_tables(pos_ptr, b, hs, R, log2_base)
+        qp = tl.load(q_ptr + b * sqb + ns[:, None] * H + partner[None, :], mask=qmask, other=0.0)
+        q = (q.to(tl.float32) * cos[None, :] + sign[None, :] * qp.to(tl.float32) * sin[None, :]
+             ).to(q_ptr.dtype.element_ty)  # fmt: skip
     if UPCAST:
         q = q.to(tl.float32)
     m_i = tl.full([BLOCK_N], float("-inf"), tl.float32)
@@ -109,6 +173,11 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, m_ptr, acc_ptr, ml_ptr, kn_ptr, vn_ptr, s
         slot = tl.load(slot_ptr)
         k_new = tl.load(kn_ptr + b * H + hs, mask=hmask, other=0.0)
         v_new = tl.load(vn_ptr + b * H + hs, mask=hmask, other=0.0)
+        if ROPE:
+            kp = tl.load(kn_ptr + b * H + partner, mask=hmask, other=0.0)
+            k_new = (k_new.to(tl.float32) * cos + sign * kp.to(tl.float32) * sin).to(
+                kn_ptr.dtype.element_ty
+            )
         slots = tl.zeros([BLOCK_H], tl.int64) + slot
         mine = hmask & (slots >= start) & (slots < end)
         tl.store(k_ptr + b * skb + slots * sks + hs, k_new, mask=mine)
@@ -188,11 +257,12 @@ def _sm_count(device) -> int:
     return 8  # the interpreter: a few splits, so the tests cross split boundaries
 
 
-def mqa_decode(q, k, v, mask, scale: float | None = None, new=None):
+def mqa_decode(q, k, v, mask, scale: float | None = None, new=None, rope=None):
     """mqa_decode_ref's result (and its writes, with `new`) from two Triton launches: the split
     pass and the combine."""
     _check(q, k, v, mask)
     _check_new(k, new)
+    _check_rope(q, new, rope)
     if q.dtype != k.dtype or v.dtype != k.dtype:
         raise ValueError(f"q, k and v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     if k.stride(2) != 1 or v.stride(2) != 1:
@@ -212,10 +282,16 @@ def mqa_decode(q, k, v, mask, scale: float | None = None, new=None):
         k_new, v_new, slot = new[0].contiguous(), new[1].contiguous(), new[2]
     else:
         k_new = v_new = slot = q  # unused
+    if rope is not None:
+        positions, rope_dims, log2_base = rope[0].contiguous(), int(rope[1]), math.log2(rope[2])
+    else:
+        positions, rope_dims, log2_base = q, 0, 0.0  # unused
     _split_kernel[(b, splits)](
-        q, k, v, mask, acc, ml, k_new, v_new, slot, n, s, h, chunk, float(scale),
+        q, k, v, mask, acc, ml, k_new, v_new, slot, positions, rope_dims, log2_base,
+        n, s, h, chunk, float(scale),
         q.stride(0), k.stride(0), k.stride(1), v.stride(0), v.stride(1), mask.stride(0), splits,
         BLOCK_N=bn, BLOCK_S=block, BLOCK_H=bh, PREC=prec, UPCAST=_INTERPRET, NEW=new is not None,
+        ROPE=rope is not None,
         num_warps=4,
         num_stages=2,  # at most two 64 x 256 key + value tiles in flight: 128 KB of shared memory
     )  # fmt: skip
@@ -250,10 +326,14 @@ def mqa_decode_write_op(
     k_new: torch.Tensor,
     v_new: torch.Tensor,
     slot: torch.Tensor,
+    positions: torch.Tensor | None = None,
+    rope_dims: int = 0,
+    rope_base: float = 10000.0,
 ) -> torch.Tensor:
-    return mqa_decode(q, k, v, mask, scale, new=(k_new, v_new, slot))
+    rope = None if positions is None else (positions, rope_dims, rope_base)
+    return mqa_decode(q, k, v, mask, scale, new=(k_new, v_new, slot), rope=rope)
 
 
 @mqa_decode_write_op.register_fake
-def _(q, k, v, mask, scale, k_new, v_new, slot):
+def _(q, k, v, mask, scale, k_new, v_new, slot, positions=None, rope_dims=0, rope_base=1e4):
     return torch.empty_like(q)

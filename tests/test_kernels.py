@@ -402,6 +402,30 @@ def test_mqa_decode(b, n, s, h, sms, dtype, monkeypatch):
     assert torch.equal(k[:, -1], k_new) and torch.equal(v[:, -1], v_new)
     assert torch.equal(k[:, :-1], k0[:, :-1]) and torch.equal(v[:, :-1], v0[:, :-1])
 
+    # with the rotary embedding applied in the kernel to q and the new key (on all channels,
+    # or on the first part of each head), the rotated key written into the cache
+    positions = torch.arange(b, device=DEVICE) * 37 + 5
+    for dims in {h - h % 2, max(2, (h // 2) - (h // 2) % 2)}:
+        rope = (positions, dims, 10000.0)
+        kr, vr = k0.double(), v0.double()
+        new = (k_new.double(), v_new.double(), slot)
+        ref = mqa_decode_ref(q.double(), kr, vr, mask, 0.3, new=new, rope=rope)
+        k, v = k0.clone(), v0.clone()
+        out = mqa_decode(q, k, v, mask, 0.3, new=(k_new, v_new, slot), rope=rope)
+        assert rel(out, ref) <= TOL[dtype], dims
+        assert rel(k[:, -1], kr[:, -1]) <= TOL[dtype] and torch.equal(v[:, -1], v_new)
+
+
+def test_rope_ref_is_the_models_rotary_embedding():
+    from kernels.decode_attention import rope_ref
+    from models.torch.layers import apply_rope
+
+    x = torch.randn(3, 4, 24)
+    pos = torch.tensor([0, 7, 2049])
+    for dims in (24, 12):
+        want = apply_rope(x[:, None], pos[:, None], dims, 10000.0)[:, 0]
+        assert rel(rope_ref(x, pos, dims, 10000.0), want) <= 1e-6
+
 
 def test_mqa_decode_input_errors():
     q, k = torch.zeros(1, 4, 8, device=DEVICE), torch.zeros(1, 5, 8, device=DEVICE)
@@ -419,6 +443,11 @@ def test_mqa_decode_input_errors():
         mqa_decode(q, k, k, mask, new=(k[:, 0, :4], k[:, 0], slot))
     with pytest.raises(ValueError, match="slot must be one int64"):
         mqa_decode(q, k, k, mask, new=(k[:, 0], k[:, 0], slot.int()))
+    pos = torch.zeros(1, dtype=torch.long, device=DEVICE)
+    with pytest.raises(ValueError, match="rope needs new"):
+        mqa_decode(q, k, k, mask, rope=(pos, 8, 1e4))
+    with pytest.raises(ValueError, match="rope_dims must be even"):
+        mqa_decode(q, k, k, mask, new=(k[:, 0], k[:, 0], slot), rope=(pos, 7, 1e4))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

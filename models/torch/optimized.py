@@ -263,32 +263,36 @@ def copy_cache(cache):
 def _attention_step_static(blk, x, segment_pos, cache, length_t, kernel: bool = False):
     """One decode step of an attention block whose stream position is a device tensor (so the
     step can be captured in a CUDA graph): writes k, v into the static cache, attends over it."""
-    q, k, v = blk.project(x, segment_pos)
+    q, k, v = blk.proj_q(x), blk.proj_k(x), blk.proj_v(x)
     return blk.proj_final(_attend_static(blk, q, k, v, segment_pos, cache, length_t, kernel))
 
 
 def _attend_static(blk, q, k, v, segment_pos, cache, length_t, kernel: bool = False):
-    """The step's attention between the projections: q [b, 1, n, h], k, v [b, 1, h] (RoPE
-    applied) written into the static cache at length_t -> [b, 1, n * h]. kernel: attend with
+    """The step's attention after the projections: q [b, 1, n * h], k, v [b, 1, h] (before
+    RoPE), k, v written into the static cache at length_t -> [b, 1, n * h]. kernel: attend with
     kernels.decode_attention (the query heads as one tile's rows, the slots split across
-    programs) instead of SDPA."""
+    programs; RoPE on q and k and the cache write done there) instead of RoPE, the cache
+    writes and SDPA as separate ops."""
     from models.torch.blocks import doc_starts
 
     q_pos = length_t.view(1)
     doc_start = doc_starts(segment_pos, q_pos, cache)  # [b, 1]
-    window = blk.cfg.attention_window
+    cfg = blk.cfg
+    window = cfg.attention_window
     slot = q_pos % (window + 1) if window is not None else q_pos
-    if kernel and cache.k.dtype == q.dtype:  # the kernel writes k, v at their slot itself
+    if kernel and cache.k.dtype == q.dtype:  # the kernel rotates q, k and writes k, v itself
         from kernels.decode_attention import mqa_decode_write_op
 
         cache.pos.index_copy_(0, slot, q_pos)
         mask = layers.attention_mask(q_pos, cache.pos, doc_start, window)
         cache.doc_start.copy_(doc_start[:, 0])
-        b, _, n, h = q.shape
+        b, n, h = q.shape[0], cfg.num_heads, cfg.head_dim
         out = mqa_decode_write_op(
-            q[:, 0].contiguous(), cache.k, cache.v, mask[:, 0], h**-0.5, k[:, 0], v[:, 0], slot
-        )
+            q[:, 0].unflatten(-1, (n, h)).contiguous(), cache.k, cache.v, mask[:, 0], h**-0.5,
+            k[:, 0], v[:, 0], slot, segment_pos[:, 0], cfg.rope_dims, float(cfg.rope_base),
+        )  # fmt: skip
         return out.reshape(b, 1, n * h)
+    q, k, v = blk.rope(q, k, v, segment_pos)
     cache.k.index_copy_(1, slot, k.to(cache.k.dtype))
     cache.v.index_copy_(1, slot, v.to(cache.v.dtype))
     cache.pos.index_copy_(0, slot, q_pos)
@@ -488,7 +492,7 @@ class StaticDecoder:
                 lins = (tb.proj_q, tb.proj_k, tb.proj_v)
                 q, k, v = gemv_op(x, [lin.weight for lin in lins], [lin.bias for lin in lins],
                                   None, pre.scale, pre.eps, None, pdl)  # fmt: skip
-                q, k, v = tb.rope(q[:, None], k[:, None], v[:, None], self.segment_pos)
+                q, k, v = q[:, None], k[:, None], v[:, None]
                 mixed = _attend_static(
                     tb, q, k, v, self.segment_pos, c, self.length, self.attention_kernel
                 )[:, 0]
