@@ -145,8 +145,11 @@ def test_report_of_a_real_run_renders_every_figure(run_dir):
 
 
 def test_run_command_writes_the_report(run_dir):
+    from bench.timing import CpuTimer
+
     text = (run_dir / "tiny.html").read_text()
     assert "plotly" in text and "fig-decode" in text and "tiny.jsonl" in text
+    assert "<th>timer</th>" in text and f'"timer": "{CpuTimer.kind}"' in text  # how each was timed
 
 
 @pytest.mark.parametrize("page", sorted((ROOT / "reports").glob("*.html")), ids=lambda p: p.name)

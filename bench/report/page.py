@@ -33,8 +33,8 @@ th { background: #f4f4f4; position: sticky; top: 0; }
 """
 
 TABLE_JS = """
-const COLS = ["workload","model","impl","dtype","params","status","median_ms","tokens_per_s","mfu",
-              "mbu","rel_err","tol","error"];
+const COLS = ["workload","model","impl","dtype","params","status","median_ms","timer","tokens_per_s",
+              "mfu","mbu","rel_err","tol","error"];
 function fmt(c, v) {
   if (v === null || v === undefined) return "";
   if (c === "mfu" || c === "mbu") return (100 * v).toFixed(1) + "%";
@@ -203,6 +203,7 @@ def build(
                 "params",
                 "status",
                 "median ms",
+                "timer",
                 "tokens/s",
                 "MFU",
                 "MBU",
