@@ -22,6 +22,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from models.config import ModelConfig, embed_multiplier
 from models.jax import blocks, layers
@@ -240,14 +241,26 @@ class Model:
             optimized.check_cache(self.config, cache)
         grown = [blocks.grow(self.config, c, cache.length + 1) for c in cache.blocks]
         logits, new_blocks = self._decode(
-            params, tokens, segment_pos, grown, jnp.int32(cache.length)
+            params,
+            tokens,
+            segment_pos,
+            grown,
+            np.int32(cache.length),  # (no jnp dispatch)
         )
         return logits, Cache(new_blocks, cache.length + 1)
 
 
 def _as_arrays(tokens, segment_pos):
     check_inputs(tokens, segment_pos)
-    return jnp.asarray(tokens, jnp.int32), jnp.asarray(segment_pos, jnp.int32)
+    return _int32(tokens), _int32(segment_pos)
+
+
+def _int32(x):
+    """x as an int32 jax array; one that already is passes through (a decode loop calls this
+    per step, and jnp.asarray is a dispatch from the host even when it changes nothing)."""
+    if isinstance(x, jax.Array) and x.dtype == jnp.int32:
+        return x
+    return jnp.asarray(x, jnp.int32)
 
 
 __all__ = ["IMPLS", "AttentionCache", "Cache", "Model", "RecurrentCache", "init", "run"]
