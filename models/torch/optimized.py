@@ -326,9 +326,10 @@ class StaticDecoder:
     next step overwrites. Elsewhere (CPU) the same step runs eagerly and uncompiled.
 
     `attention_kernel` (default: on CUDA): attention layers attend with kernels.decode_attention
-    (one program reads a span of cache slots for all query heads) instead of SDPA, which pads
-    the step's one query per head to a prefill tile (147 us a layer at RecurrentGemma-2B shape,
-    batch 16, on an H100; results/h100/NOTES.md).
+    (one program reads a span of cache slots for all query heads; the kernel also applies RoPE
+    to q and the new key and writes the new key and value into the cache) instead of RoPE,
+    cache writes and SDPA, which pads the step's one query per head to a prefill tile (147 us
+    a layer at RecurrentGemma-2B shape, batch 16, on an H100; results/h100/NOTES.md).
 
     `pdl` (with `gemv`; off by default until measured): the GEMVs launched with programmatic
     dependent launch (kernels.gemv: each prefetches its weights into L2 before waiting for the
