@@ -26,8 +26,7 @@ import torch.nn.functional as F
 
 from kernels._triton import tl, triton
 from kernels.scan import (
-    _chain_prefix,
-    _chain_publish,
+    _chain_finish,
     _chain_tile,
     _combine,
     _d_offsets,
@@ -138,6 +137,23 @@ def _gates(x, gx, ga, sp, reset):
     return r, i, e, a, z, mult, x * i * mult
 
 
+@triton.jit
+def _tile_gates(x_ptr, gx_ptr, ga_ptr, seg_ptr, ptrs, mask, in_t, offs_t, pid_b, seg_b, seg_t,
+                sp, HAS_SEG: tl.constexpr, BLOCK_T: tl.constexpr):  # fmt: skip
+    """A tile's recurrence coefficients: (a, normalised gated x), padding a = 1, x = 0 (so it
+    carries h through unchanged)."""
+    x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+    gx = tl.load(gx_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+    ga = tl.load(ga_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_SEG:
+        seg = tl.load(seg_ptr + pid_b * seg_b + offs_t * seg_t, mask=in_t, other=1)
+        reset = (seg == 0)[:, None]
+    else:
+        reset = tl.zeros([BLOCK_T, 1], dtype=tl.int1)
+    _, _, _, a, _, _, xn = _gates(x, gx, ga, sp, reset)
+    return tl.where(mask, a, 1.0), tl.where(mask, xn, 0.0)
+
+
 @triton.jit(do_not_specialize=["stride_d"])
 def _rglru_fwd_kernel(
     # pointers
@@ -168,17 +184,8 @@ def _rglru_fwd_kernel(
         in_t = offs_t < T
         mask = in_t[:, None] & mask_d[None, :]
         ptrs = base + offs_t[:, None].to(tl.int64) * stride_t
-        x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
-        gx = tl.load(gx_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
-        ga = tl.load(ga_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
-        if HAS_SEG:
-            seg = tl.load(seg_ptr + pid_b * seg_b + offs_t * seg_t, mask=in_t, other=1)
-            reset = (seg == 0)[:, None]
-        else:
-            reset = tl.zeros([BLOCK_T, 1], dtype=tl.int1)
-        _, _, _, a, _, _, xn = _gates(x, gx, ga, sp, reset)
-        a = tl.where(mask, a, 1.0)  # padding carries h through
-        xn = tl.where(mask, xn, 0.0)
+        a, xn = _tile_gates(x_ptr, gx_ptr, ga_ptr, seg_ptr, ptrs, mask, in_t, offs_t, pid_b,
+                            seg_b, seg_t, sp, HAS_SEG, BLOCK_T)  # fmt: skip
         a_cum, x_cum = tl.associative_scan((a, xn), axis=0, combine_fn=_combine)
         hs = a_cum * h[None, :] + x_cum
         if SUMMARY:
@@ -213,31 +220,13 @@ def _rglru_fwd_chained_kernel(
     in_t = offs_t < T
     mask = in_t[:, None] & mask_d[None, :]
     ptrs = base + offs_t[:, None].to(tl.int64) * stride_t
-    x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
-    gx = tl.load(gx_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
-    ga = tl.load(ga_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
     sp = _softplus(tl.load(aparam_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32))
-    if HAS_SEG:
-        seg = tl.load(seg_ptr + pid_b * seg_b + offs_t * seg_t, mask=in_t, other=1)
-        reset = (seg == 0)[:, None]
-    else:
-        reset = tl.zeros([BLOCK_T, 1], dtype=tl.int1)
-    _, _, _, a, _, _, xn = _gates(x, gx, ga, sp, reset)
-    a = tl.where(mask, a, 1.0)  # padding carries h through
-    xn = tl.where(mask, xn, 0.0)
+    a, xn = _tile_gates(x_ptr, gx_ptr, ga_ptr, seg_ptr, ptrs, mask, in_t, offs_t, pid_b, seg_b,
+                        seg_t, sp, HAS_SEG, BLOCK_T)  # fmt: skip
     a_cum, x_cum = tl.associative_scan((a, xn), axis=0, combine_fn=_combine)
-    if HAS_H0:
-        h0 = tl.load(h0_ptr + pid_b * D + offs_d, mask=mask_d, other=0.0)
-    else:
-        h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
-    h_in = _chain_prefix(flag_ptr, agg_ptr, inc_ptr, row, chunk, N_CHUNKS, a_cum, x_cum, h0,
-                         BLOCK_T, BLOCK_D)  # fmt: skip
-    hs = a_cum * h_in[None, :] + x_cum
-    h_out = _last_row(hs, BLOCK_T)
-    _chain_publish(flag_ptr, inc_ptr, row, chunk, N_CHUNKS, h_out, BLOCK_D, PUBLISH_INCLUSIVE)
-    tl.store(y_ptr + ptrs, hs.to(y_ptr.dtype.element_ty), mask=mask)
-    if chunk == N_CHUNKS - 1:
-        tl.store(hlast_ptr + pid_b * D + offs_d, h_out, mask=mask_d)
+    _chain_finish(a_cum, x_cum, h0_ptr, y_ptr, hlast_ptr, flag_ptr, agg_ptr, inc_ptr, ptrs, mask,
+                  offs_d, pid_b, D, row, chunk, N_CHUNKS, HAS_H0, BLOCK_T, BLOCK_D,
+                  PUBLISH_INCLUSIVE)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["stride_d"])

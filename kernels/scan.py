@@ -192,6 +192,28 @@ def _chain_publish(flag_ptr, inc_ptr, row, chunk, N_CHUNKS, h_out, BLOCK_D: tl.c
         tl.atomic_xchg(flag_ptr + me, 2, sem="release")
 
 
+@triton.jit
+def _chain_finish(a_cum, x_cum, h0_ptr, out_ptr, hlast_ptr, flag_ptr, agg_ptr, inc_ptr, ptrs,
+                  mask, offs_d, pid_b, D, row, chunk, N_CHUNKS, HAS_H0: tl.constexpr,
+                  BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+                  PUBLISH_INCLUSIVE: tl.constexpr):  # fmt: skip
+    """A chained kernel's tile after its scan from zero (a_cum, x_cum): the entering state by
+    look-back, the outputs, the published prefix, h_last from the last tile."""
+    mask_d = offs_d < D
+    if HAS_H0:
+        h0 = tl.load(h0_ptr + pid_b * D + offs_d, mask=mask_d, other=0.0)
+    else:
+        h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
+    h_in = _chain_prefix(flag_ptr, agg_ptr, inc_ptr, row, chunk, N_CHUNKS, a_cum, x_cum, h0,
+                         BLOCK_T, BLOCK_D)  # fmt: skip
+    hs = a_cum * h_in[None, :] + x_cum
+    h_out = _last_row(hs, BLOCK_T)
+    _chain_publish(flag_ptr, inc_ptr, row, chunk, N_CHUNKS, h_out, BLOCK_D, PUBLISH_INCLUSIVE)
+    tl.store(out_ptr + ptrs, hs.to(out_ptr.dtype.element_ty), mask=mask)
+    if chunk == N_CHUNKS - 1:
+        tl.store(hlast_ptr + pid_b * D + offs_d, h_out, mask=mask_d)
+
+
 @triton.jit(do_not_specialize=["stride_d"])
 def _scan_fwd_chained_kernel(
     # pointers
@@ -214,18 +236,9 @@ def _scan_fwd_chained_kernel(
     a = tl.load(a_ptr + ptrs, mask=mask, other=1.0).to(tl.float32)  # padding: a = 1, x = 0
     x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
     a_cum, x_cum = tl.associative_scan((a, x), axis=0, combine_fn=_combine)
-    if HAS_H0:
-        h0 = tl.load(h0_ptr + pid_b * D + offs_d, mask=mask_d, other=0.0)
-    else:
-        h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
-    h_in = _chain_prefix(flag_ptr, agg_ptr, inc_ptr, row, chunk, N_CHUNKS, a_cum, x_cum, h0,
-                         BLOCK_T, BLOCK_D)  # fmt: skip
-    hs = a_cum * h_in[None, :] + x_cum
-    h_out = _last_row(hs, BLOCK_T)
-    _chain_publish(flag_ptr, inc_ptr, row, chunk, N_CHUNKS, h_out, BLOCK_D, PUBLISH_INCLUSIVE)
-    tl.store(h_ptr + ptrs, hs.to(h_ptr.dtype.element_ty), mask=mask)
-    if chunk == N_CHUNKS - 1:
-        tl.store(hlast_ptr + pid_b * D + offs_d, h_out, mask=mask_d)
+    _chain_finish(a_cum, x_cum, h0_ptr, h_ptr, hlast_ptr, flag_ptr, agg_ptr, inc_ptr, ptrs, mask,
+                  offs_d, pid_b, D, row, chunk, N_CHUNKS, HAS_H0, BLOCK_T, BLOCK_D,
+                  PUBLISH_INCLUSIVE)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["stride_d"])
