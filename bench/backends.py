@@ -158,8 +158,8 @@ def host_peak_rss_bytes() -> int:
 @functools.cache
 def _jax_argmax_next():
     """The greedy pick as one compiled op: eagerly, the slice, argmax and cast are three
-    dispatches from the host per decode step, which at batch 1 on a GPU can outlast the step's
-    own kernels and make the loop host-bound."""
+    dispatches from the host per decode step, where a JAX decode loop at batch 1 on the H100
+    looked host-bound (results/h100/NOTES.md, session 5; the change's effect not yet measured)."""
     import jax
     import jax.numpy as jnp
 

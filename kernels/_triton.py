@@ -7,6 +7,8 @@ returns a kernel that raises a clear error when launched; nothing else changes.
 
 from __future__ import annotations
 
+import os
+
 try:
     import triton
     import triton.language as tl
@@ -40,4 +42,8 @@ except ImportError:  # pragma: no cover - exercised only where Triton is absent
     triton = _Triton()
     tl = _Language()
 
-__all__ = ["AVAILABLE", "tl", "triton"]
+# Whether kernels run in Triton's interpreter (the CPU tests): a few paths differ there (no
+# griddepcontrol; tl.dot on 16-bit tiles), read once at import as Triton itself does.
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+__all__ = ["AVAILABLE", "INTERPRET", "tl", "triton"]

@@ -31,17 +31,12 @@ flash attention); output in q's dtype.
 
 from __future__ import annotations
 
+import functools
 import math
-import os
 
 import torch
 
-from kernels._triton import tl, triton
-
-# Triton's interpreter (TRITON_INTERPRET=1, the CPU tests) multiplies bfloat16/float16 tiles in
-# tl.dot as their raw bits (triton 3.9: a 16x16 bf16 product came out ~1e10); there the tiles
-# are widened to float32 first. On a GPU the dots take the inputs' dtype, as flash attention's do.
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from kernels._triton import INTERPRET, tl, triton
 
 
 def _check_new(k, new):
@@ -251,6 +246,7 @@ def _plan(b: int, s: int, sms: int) -> tuple[int, int, int]:
     return block, triton.cdiv(blocks, per), per * block
 
 
+@functools.cache
 def _sm_count(device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -277,7 +273,10 @@ def mqa_decode(q, k, v, mask, scale: float | None = None, new=None, rope=None):
     acc = torch.empty(b * splits * bn * bh, dtype=torch.float32, device=q.device)
     ml = torch.empty(b * splits * 2 * bn, dtype=torch.float32, device=q.device)
     out = torch.empty_like(q)
-    prec = "ieee" if q.dtype == torch.float32 or _INTERPRET else "tf32"
+    # Triton's interpreter (the CPU tests) multiplies bfloat16/float16 tiles in tl.dot as their
+    # raw bits (triton 3.9: a 16x16 bf16 product came out ~1e10); there the tiles are widened
+    # to float32 first (UPCAST). On a GPU the dots take the inputs' dtype, as flash attention's.
+    prec = "ieee" if q.dtype == torch.float32 or INTERPRET else "tf32"
     if new is not None:
         k_new, v_new, slot = new[0].contiguous(), new[1].contiguous(), new[2]
     else:
@@ -290,7 +289,7 @@ def mqa_decode(q, k, v, mask, scale: float | None = None, new=None, rope=None):
         q, k, v, mask, acc, ml, k_new, v_new, slot, positions, rope_dims, log2_base,
         n, s, h, chunk, float(scale),
         q.stride(0), k.stride(0), k.stride(1), v.stride(0), v.stride(1), mask.stride(0), splits,
-        BLOCK_N=bn, BLOCK_S=block, BLOCK_H=bh, PREC=prec, UPCAST=_INTERPRET, NEW=new is not None,
+        BLOCK_N=bn, BLOCK_S=block, BLOCK_H=bh, PREC=prec, UPCAST=INTERPRET, NEW=new is not None,
         ROPE=rope is not None,
         num_warps=4,
         num_stages=2,  # at most two 64 x 256 key + value tiles in flight: 128 KB of shared memory
@@ -302,20 +301,8 @@ def mqa_decode(q, k, v, mask, scale: float | None = None, new=None, rope=None):
     return out
 
 
-# As torch operators, so a torch.compile'd decode step (models.torch.optimized.StaticDecoder)
-# keeps each as one call between the kernels Inductor generates (decode only: no backward).
-@torch.library.custom_op("griffin_bench::mqa_decode", mutates_args=())
-def mqa_decode_op(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
-) -> torch.Tensor:
-    return mqa_decode(q, k, v, mask, scale)
-
-
-@mqa_decode_op.register_fake
-def _(q, k, v, mask, scale):
-    return torch.empty_like(q)
-
-
+# As a torch operator, so a torch.compile'd decode step (models.torch.optimized.StaticDecoder)
+# keeps it as one call between the kernels Inductor generates (decode only: no backward).
 @torch.library.custom_op("griffin_bench::mqa_decode_write", mutates_args=("k", "v"))
 def mqa_decode_write_op(
     q: torch.Tensor,

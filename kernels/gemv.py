@@ -23,12 +23,10 @@ dtype.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
-from kernels._triton import tl, triton
+from kernels._triton import INTERPRET, tl, triton
 from kernels.fused import _SQRT_2_OVER_PI, _tanh, gelu_mul_ref, rms_norm_ref
 
 # Programmatic dependent launch (`pdl=True`, Hopper): the kernel is launched so that it may start
@@ -37,7 +35,6 @@ from kernels.fused import _SQRT_2_OVER_PI, _tanh, gelu_mul_ref, rms_norm_ref
 # (griddepcontrol.wait) before reading x, then let the next kernel start early in turn. Meant
 # to hide each GEMV's ramp and tail in a chain of them; off by default until measured
 # (results/h100/NOTES.md). Triton's interpreter has no griddepcontrol: there pdl is ignored.
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
@@ -59,7 +56,7 @@ def _wait_for_previous():
 
 
 def _pdl_args(pdl: bool, w: torch.Tensor, k: int) -> dict:
-    on = pdl and not _INTERPRET
+    on = pdl and not INTERPRET
     per_line = 128 // w.element_size()
     return {"PDL": on, "LINES": triton.next_power_of_2(triton.cdiv(k, per_line)),
             "PER_LINE": per_line, "launch_pdl": on}  # fmt: skip

@@ -297,15 +297,8 @@ def _attend_static(blk, q, k, v, segment_pos, cache, length_t, kernel: bool = Fa
     cache.v.index_copy_(1, slot, v.to(cache.v.dtype))
     cache.pos.index_copy_(0, slot, q_pos)
     mask = layers.attention_mask(q_pos, cache.pos, doc_start, window)
-    cache.doc_start.copy_(doc_start[:, 0])
-    keys, values = cache.k.to(q.dtype), cache.v.to(q.dtype)
-    if kernel:
-        from kernels.decode_attention import mqa_decode_op
-
-        b, _, n, h = q.shape
-        out = mqa_decode_op(q[:, 0].contiguous(), keys, values, mask[:, 0], h**-0.5)
-        return out.reshape(b, 1, n * h)
-    return _sdpa_mqa(q, keys, values, mask)
+    cache.doc_start.copy_(doc_start[:, 0])  # (a cache in another dtype than q: SDPA)
+    return _sdpa_mqa(q, cache.k.to(q.dtype), cache.v.to(q.dtype), mask)
 
 
 class StaticDecoder:
