@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models.config import preset
@@ -104,7 +105,7 @@ def _jax(name: str, batch: int, prompt: int, out: Path | None) -> None:
         logits.block_until_ready()
     synced = (time.perf_counter() - t0) / STEPS * 1e3
     # the compiled step: lower the model's own jitted decode on the same arguments
-    compiled = jm._decode.lower(params, tok, p, c.blocks, c.length).compile()
+    compiled = jm._decode.lower(params, tok, p, c.blocks, np.int32(c.length)).compile()
     hlo = compiled.as_text()
     entry = hlo[hlo.find("ENTRY") :]
     ops = Counter(re.findall(r"\s([a-z][a-z-]*)\(", entry))
