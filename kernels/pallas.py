@@ -15,6 +15,15 @@ the carry, so they can be issued ahead of the (serial, one FMA per step) recurre
 that is not a multiple of BLOCK_T ends with a shorter, statically unrolled tail chunk (t is static
 under jit, so there are no time masks); channels beyond d in the last block are masked.
 
+Chained forward (linear_scan(..., fwd_chained=True); not the default until measured): one program
+per tile of BLOCK_T steps x BLOCK_D channels, as kernels.scan._forward_chained. A program takes its
+tile from a start-order counter (an atomic add; chunk-major, so the tiles before it in time have
+all started), loads its rows, scans them from zero, publishes the tile's transform h -> A h + H
+behind a flag, walks back over the earlier tiles' flags (composing transforms until one has
+published its inclusive prefix), fixes up its rows with the entering state and publishes its own
+prefix. Flags are written with atomic adds (acq_rel, GPU scope) after a CTA barrier, read with
+atomic adds of 0, and the data they guard with volatile loads.
+
 Backward: one reverse-time pass with carry c = a_{t+1} δ_{t+1} (δ = dL/dh through all paths,
 c starts at dh_last): δ_t = dy_t + c, then dx_t = δ_t, da_t = δ_t h_{t-1}, c <- a_t δ_t, and
 dh0 = the final c. h_{t-1} is read from the saved forward output (in the input dtype, as the Triton
@@ -62,6 +71,14 @@ class Config(NamedTuple):
 # associative scan 4.30). Longer unrolled chunks mainly cost compile time.
 SCAN_FWD_CONFIG = Config(block_t=32, block_d=32, num_warps=1, num_stages=2)
 SCAN_BWD_CONFIG = Config(block_t=32, block_d=32, num_warps=1, num_stages=2)
+# The chained forward (_scan_fwd_chained: one program per block_t x block_d tile, decoupled
+# look-back across time; num_stages unused) is not yet measured on a GPU, so not the default:
+# linear_scan(..., fwd_chained=True) or SCAN_FWD_CHAINED = True selects it. A thread keeps its
+# tile's rows in registers, about 4 per row: with block_t * block_d / (32 * num_warps) = 32 rows
+# per thread ptxas (sm_90, Triton 3.9 on the CPU) used 124-128 registers, with 64 rows 248-254
+# (no spills, but half the programs per SM); 128 would spill.
+SCAN_FWD_CHAINED = False
+SCAN_FWD_CHAINED_CONFIG = Config(block_t=32, block_d=64, num_warps=2, num_stages=1)
 RGLRU_FWD_CONFIG = Config(block_t=8, block_d=32, num_warps=1, num_stages=2)
 RGLRU_BWD_CONFIG = Config(block_t=8, block_d=32, num_warps=1, num_stages=2)
 
@@ -87,11 +104,13 @@ def _checked_config(cfg: Config) -> Config:
 
 
 class _Cols:
-    """The channel block of one program: its slice and (when d is not a multiple) its mask."""
+    """The channel block of one program: its slice and (when d is not a multiple) its mask. The
+    batch row and channel block are the grid's (program ids 0 and 1) unless given."""
 
-    def __init__(self, d: int, block_d: int):
-        d0 = pl.program_id(1) * block_d
-        self.b = pl.program_id(0)
+    def __init__(self, d: int, block_d: int, b=None, dblk=None):
+        d0 = (pl.program_id(1) if dblk is None else dblk) * block_d
+        self.b = pl.program_id(0) if b is None else b
+        self.block_d = block_d
         self.sl = pl.ds(d0, block_d)
         self.mask = None if d % block_d == 0 else (d0 + lax.iota(jnp.int32, block_d)) < d
 
@@ -100,19 +119,26 @@ class _Cols:
         idx = tuple(jnp.int32(i) if isinstance(i, int) else i for i in idx)
         return ref.at[(*idx, self.sl)]
 
-    def load(self, ref, *idx):
-        view = self._view(ref, idx)
-        if self.mask is None:
-            return view[...].astype(_F32)
-        return plt.load(view, mask=self.mask, other=0).astype(_F32)
+    def _mask(self, valid):
+        """The channel mask and (if given) a scalar predicate for the whole row."""
+        if valid is None:
+            return self.mask
+        row = lax.broadcast(valid, (self.block_d,))
+        return row if self.mask is None else self.mask & row
 
-    def store(self, ref, value, *idx):
-        view = self._view(ref, idx)
+    def load(self, ref, *idx, valid=None, other=0.0):
+        view, mask = self._view(ref, idx), self._mask(valid)
+        if mask is None:
+            return view[...].astype(_F32)
+        return plt.load(view, mask=mask, other=other).astype(_F32)
+
+    def store(self, ref, value, *idx, valid=None):
+        view, mask = self._view(ref, idx), self._mask(valid)
         value = value.astype(ref.dtype)
-        if self.mask is None:
+        if mask is None:
             view[...] = value
         else:
-            plt.store(view, value, mask=self.mask)
+            plt.store(view, value, mask=mask)
 
 
 def _forward_chunks(t: int, block_t: int, rows, carry):
@@ -221,6 +247,143 @@ def _scan_fwd(a, x, h0, cfg: Config, interpret: bool):
     )(a, x, h0)
 
 
+# The chained forward: one program per tile of block_t steps x block_d channels of one batch row,
+# chained across time by decoupled look-back. Flags (int32, zero at launch), one per tile, and the
+# start-order counter after them: 0 nothing yet, 1 the tile's transform h -> A h + H published,
+# 2 its inclusive prefix (the state leaving it) published. Flags only ever grow (atomic adds).
+_PUBLISHED_AGG, _PUBLISHED_INC = 1, 2
+
+
+def _scan_fwd_chained_kernel(
+    a_ref, x_ref, h0_ref, _flags_in, h_ref, hlast_ref, flags_ref, agg_ref, inc_ref,
+    *, t, d, block_t, block_d, n_dblk, rows, n_chunks, publish_inclusive, interpret,
+):  # fmt: skip
+    # flags_ref is _flags_in's buffer (input_output_aliases); only the output ref is used, as
+    # the interpreter keeps the two apart.
+    n_tiles = rows * n_chunks
+
+    def barrier():  # every thread's writes before the flag / the flag before every read
+        if not interpret:  # the interpreter runs one program at a time (and has no barrier rule)
+            plt.debug_barrier()
+
+    # the tile, in start order (chunk-major): a tile's predecessors in time have all started
+    # before it, so waiting on them cannot deadlock whatever the order programs are scheduled in
+    vid = plt.atomic_add(flags_ref, (jnp.int32(n_tiles),), jnp.int32(1))
+    chunk, row = lax.div(vid, jnp.int32(rows)), lax.rem(vid, jnp.int32(rows))
+    cols = _Cols(
+        d, block_d, b=lax.div(row, jnp.int32(n_dblk)), dblk=lax.rem(row, jnp.int32(n_dblk))
+    )
+    b, t0, me = cols.b, chunk * block_t, row * n_chunks + chunk
+    rem = t % block_t  # rows i < rem (or all, when rem == 0) are in range in every tile
+
+    def valid(i):
+        return None if rem == 0 or i < rem else t0 + i < t
+
+    # all the tile's loads first (padding rows: a = 1, x = 0 carry the state through unchanged)
+    a = [cols.load(a_ref, b, t0 + i, valid=valid(i), other=1.0) for i in range(block_t)]
+    x = [cols.load(x_ref, b, t0 + i, valid=valid(i)) for i in range(block_t)]
+    h0 = cols.load(h0_ref, b)
+
+    # the scan from zero: H_i (local state), A_i (product of a up to row i)
+    big_a, big_h = [a[0]], [x[0]]
+    for i in range(1, block_t):
+        big_a.append(a[i] * big_a[-1])
+        big_h.append(a[i] * big_h[-1] + x[i])
+
+    # publish the transform (tile 0 adds 0: it goes straight to its inclusive prefix)
+    agg_ref[me, jnp.int32(0), :] = big_a[-1]
+    agg_ref[me, jnp.int32(1), :] = big_h[-1]
+    barrier()
+    plt.atomic_add(flags_ref, (me,), (chunk > 0).astype(jnp.int32))
+
+    def spin(prev):
+        """The flag of tile `prev` once it is not 0 (an atomic read: never a cached value)."""
+        if interpret:
+            # earlier tiles have all run: a 0 here is a bug, and fails (not hangs). A plain
+            # read: the interpreter's discharge of an atomic inside a loop is not implemented.
+            return flags_ref[prev]
+        first = plt.atomic_add(flags_ref, (prev,), jnp.int32(0))
+        return lax.while_loop(
+            lambda st: st == 0, lambda st: plt.atomic_add(flags_ref, (prev,), jnp.int32(0)), first
+        )
+
+    def step(carry):
+        j, acc_a, acc_h, h_in = carry  # acc: the state leaving tile j -> the state entering ours
+        prev = row * n_chunks + j
+        st = spin(prev)
+        barrier()
+
+        def inclusive(_):  # the walk ends here
+            inc = plt.load(inc_ref.at[prev, :], volatile=True)
+            return acc_a, acc_h, acc_a * inc + acc_h
+
+        def transform(_):  # composed in; tile 0 always publishes its prefix: the walk ends there
+            pa = plt.load(agg_ref.at[prev, jnp.int32(0), :], volatile=True)
+            ph = plt.load(agg_ref.at[prev, jnp.int32(1), :], volatile=True)
+            return acc_a * pa, acc_a * ph + acc_h, h_in
+
+        done = st == _PUBLISHED_INC
+        acc_a, acc_h, h_in = lax.cond(done, inclusive, transform, None)
+        return jnp.where(done, -1, j - 1), acc_a, acc_h, h_in
+
+    ones = jnp.ones((block_d,), _F32)
+    _, _, _, h_in = lax.while_loop(
+        lambda c: c[0] >= 0, step, (chunk - 1, ones, jnp.zeros((block_d,), _F32), h0)
+    )  # tile 0: no walk, h_in = h0
+
+    # the state leaving the tile published first (the tiles after it wait on it), then the kept
+    # rows fixed up with the entering state
+    h_out = big_h[-1] + big_a[-1] * h_in
+    inc_ref[me, :] = h_out
+    barrier()
+    # flag -> 2 (tile 0 from 0, the others from 1); arithmetic, not jnp.where: the Triton
+    # lowering (jax 0.10.2) gives a where of two Python ints the condition's type (i1)
+    is_first = (chunk == 0).astype(jnp.int32)
+    if publish_inclusive:
+        add = is_first * _PUBLISHED_AGG + (_PUBLISHED_INC - _PUBLISHED_AGG)
+    else:  # tests: only tile 0 publishes its prefix, so every walk goes back to it
+        add = is_first * _PUBLISHED_INC
+    plt.atomic_add(flags_ref, (me,), add)
+    for i in range(block_t):
+        cols.store(h_ref, big_h[i] + big_a[i] * h_in, b, t0 + i, valid=valid(i))
+    cols.store(hlast_ref, h_out, b, valid=chunk == n_chunks - 1)
+
+
+def _scan_fwd_chained(
+    a, x, h0, cfg: Config, interpret: bool, publish_inclusive: bool = True, all_outputs=False
+):
+    """The forward pass as b * cdiv(t, block_t) * cdiv(d, block_d) programs chained across time
+    (`_scan_fwd_chained_kernel`) instead of b * cdiv(d, block_d) programs that walk all of t.
+    The flags and counter are fresh zeros per call (aliased into the kernel's outputs); the
+    published transforms and prefixes are outputs written before they are read (12 bytes per
+    channel per tile) and dropped. Tests: `publish_inclusive=False` (only tile 0 publishes its
+    prefix), `all_outputs` (h, h_last, flags + counter, transforms, prefixes)."""
+    b, t, d = x.shape
+    n_dblk, n_chunks = pl.cdiv(d, cfg.block_d), pl.cdiv(t, cfg.block_t)
+    rows = b * n_dblk
+    n_tiles = rows * n_chunks
+    kernel = functools.partial(
+        _scan_fwd_chained_kernel, t=t, d=d, block_t=cfg.block_t, block_d=cfg.block_d,
+        n_dblk=n_dblk, rows=rows, n_chunks=n_chunks, publish_inclusive=publish_inclusive,
+        interpret=interpret,
+    )  # fmt: skip
+    outs = pl.pallas_call(
+        kernel,
+        out_shape=(
+            jax.ShapeDtypeStruct(x.shape, x.dtype),
+            jax.ShapeDtypeStruct((b, d), _F32),
+            jax.ShapeDtypeStruct((n_tiles + 1,), jnp.int32),  # flags, then the counter
+            jax.ShapeDtypeStruct((n_tiles, 2, cfg.block_d), _F32),  # transforms (A, H)
+            jax.ShapeDtypeStruct((n_tiles, cfg.block_d), _F32),  # inclusive prefixes
+        ),
+        grid=(n_tiles,),
+        input_output_aliases={3: 2},
+        name="griffin_scan_fwd_chained",
+        **_params(cfg, interpret),
+    )(a, x, h0, jnp.zeros((n_tiles + 1,), jnp.int32))
+    return outs if all_outputs else outs[:2]
+
+
 def _scan_bwd(a, h, h0, dh, dh_last, x_dtype, cfg: Config, interpret: bool):
     b, t, d = h.shape
     kernel = functools.partial(_scan_bwd_kernel, t=t, d=d, block_t=cfg.block_t, block_d=cfg.block_d)
@@ -237,17 +400,23 @@ def _scan_bwd(a, h, h0, dh, dh_last, x_dtype, cfg: Config, interpret: bool):
     )(a, h, h0, dh, dh_last)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _linear_scan(a, x, h0, fwd_cfg, bwd_cfg, interpret):
-    return _scan_fwd(a, x, h0, fwd_cfg, interpret)
+def _scan_fwd_any(a, x, h0, cfg: Config, chained: bool, interpret: bool):
+    if chained:
+        return _scan_fwd_chained(a, x, h0, cfg, interpret)
+    return _scan_fwd(a, x, h0, cfg, interpret)
 
 
-def _linear_scan_vjp_fwd(a, x, h0, fwd_cfg, bwd_cfg, interpret):
-    h, h_last = _scan_fwd(a, x, h0, fwd_cfg, interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _linear_scan(a, x, h0, fwd_cfg, bwd_cfg, chained, interpret):
+    return _scan_fwd_any(a, x, h0, fwd_cfg, chained, interpret)
+
+
+def _linear_scan_vjp_fwd(a, x, h0, fwd_cfg, bwd_cfg, chained, interpret):
+    h, h_last = _scan_fwd_any(a, x, h0, fwd_cfg, chained, interpret)
     return (h, h_last), (a, h, h0)
 
 
-def _linear_scan_vjp_bwd(fwd_cfg, bwd_cfg, interpret, res, cotangents):
+def _linear_scan_vjp_bwd(fwd_cfg, bwd_cfg, chained, interpret, res, cotangents):
     a, h, h0 = res
     dh, dh_last = cotangents
     da, dx, dh0 = _scan_bwd(a, h, h0, dh, dh_last.astype(_F32), h.dtype, bwd_cfg, interpret)
@@ -272,13 +441,17 @@ def linear_scan(
     *,
     fwd_config: Config | None = None,
     bwd_config: Config | None = None,
+    fwd_chained: bool | None = None,
     interpret: bool | None = None,
 ):
     """`h_t = a_t h_{t-1} + x_t` with Pallas kernels (forward and backward); as linear_scan_ref.
 
     Args:
       a, x: [b, t, d] (any float dtypes). h0: float32 [b, d] or None (zeros).
-      fwd_config / bwd_config: launch parameters (default SCAN_FWD_CONFIG / SCAN_BWD_CONFIG).
+      fwd_config / bwd_config: launch parameters (default SCAN_FWD_CONFIG, or
+        SCAN_FWD_CHAINED_CONFIG for the chained forward / SCAN_BWD_CONFIG).
+      fwd_chained: the forward as tiles chained across time (`_scan_fwd_chained`) instead of one
+        program per channel block walking all of t (default SCAN_FWD_CHAINED, off).
       interpret: run in Pallas's interpreter (default: default_interpret()).
     Returns:
       h: [b, t, d] in x.dtype; h_last: float32 [b, d]. Differentiable in a, x and h0.
@@ -289,12 +462,14 @@ def linear_scan(
     state = _state0(h0, b, d)
     if t == 0:
         return jnp.zeros(x.shape, x.dtype), state
+    chained = SCAN_FWD_CHAINED if fwd_chained is None else bool(fwd_chained)
     return _linear_scan(
         a,
         x,
         state,
-        _checked_config(fwd_config or SCAN_FWD_CONFIG),
+        _checked_config(fwd_config or (SCAN_FWD_CHAINED_CONFIG if chained else SCAN_FWD_CONFIG)),
         _checked_config(bwd_config or SCAN_BWD_CONFIG),
+        chained,
         default_interpret() if interpret is None else bool(interpret),
     )
 
