@@ -135,6 +135,95 @@ def test_linear_scan(shape, dtype, with_h0):
         check(f"{name} vs jax ref", g, as64(gr), dtype)
 
 
+# the chained forward: several time tiles per row (10 at t = 37), a tail tile, channel tails,
+# one tile only, and whole tiles (no masks)
+CHAINED_SHAPES = [(2, 37, 45), (1, 1, 3), (3, 22, 70), (2, 16, 32)]
+
+
+def scan_inputs(rng, b, t, d, dtype, with_h0=True):
+    a = to_jax(rand(rng, b, t, d, positive=True), DTYPES[dtype])
+    x = to_jax(rand(rng, b, t, d), DTYPES[dtype])
+    h0 = jnp.asarray(rand(rng, b, d), jnp.float32) if with_h0 else None
+    return a, x, h0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", CHAINED_SHAPES, ids=str)
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("publish_inclusive", [True, False])
+def test_linear_scan_chained_forward(shape, dtype, with_h0, publish_inclusive):
+    """The chained forward (tiles of SMALL, decoupled look-back) against the float64 oracle and
+    the JAX reference. Without published inclusive prefixes (but tile 0's) every tile's
+    look-back composes the transforms of all the tiles before it back to tile 0; with them it
+    stops at its predecessor. The flags say which happened: 2 = prefix published, 1 = only the
+    transform; the counter after them counts every tile once."""
+    b, t, d = shape
+    a, x, h0 = scan_inputs(np.random.default_rng(6), b, t, d, dtype, with_h0)
+    state = P._state0(h0, b, d)
+    h, h_last, flags, _, _ = P._scan_fwd_chained(
+        a, x, state, SMALL, True, publish_inclusive, all_outputs=True
+    )
+    assert h.dtype == DTYPES[dtype] and h_last.dtype == jnp.float32
+    assert h.shape == (b, t, d) and h_last.shape == (b, d)
+
+    h64, hl64 = linear_scan_torch(
+        *(torch.from_numpy(as64(v)) for v in (a, x)),
+        None if h0 is None else torch.from_numpy(as64(h0)),
+    )
+    check("h", h, h64.numpy(), dtype)
+    check("h_last", h_last, hl64.numpy(), "float32")
+    hr, hlr = linear_scan_ref(a, x, h0)
+    check("h vs jax ref", h, as64(hr), dtype)
+    check("h_last vs jax ref", h_last, as64(hlr), "float32")
+
+    n_chunks = -(-t // SMALL.block_t)
+    rows = b * -(-d // SMALL.block_d)
+    flags = np.asarray(flags)
+    assert flags[-1] == rows * n_chunks
+    tiles = flags[:-1].reshape(rows, n_chunks)
+    assert (tiles[:, 0] == 2).all()
+    assert (tiles[:, 1:] == (2 if publish_inclusive else 1)).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_scan_chained_gradients(dtype, monkeypatch):
+    """linear_scan(fwd_chained=True): the chained forward under jit and jax.vjp (the backward as
+    before), outputs and gradients as the reference; the module flag selects it too, and the
+    default stays the per-channel-block kernel."""
+    b, t, d = 2, 37, 45
+    rng = np.random.default_rng(7)
+    a, x, h0 = scan_inputs(rng, b, t, d, dtype)
+    gh, gl = rand(rng, b, t, d), rand(rng, b, d)
+    calls = []
+    chained = P._scan_fwd_chained
+    monkeypatch.setattr(P, "_scan_fwd_chained", lambda *args: calls.append(1) or chained(*args))
+
+    def run(f):
+        out, vjp = jax.vjp(f, a, x, h0)
+        return out, vjp((to_jax(gh, out[0].dtype), jnp.asarray(gl, jnp.float32)))
+
+    (h, h_last), grads = run(
+        jax.jit(lambda *p: P.linear_scan(*p, fwd_config=SMALL, bwd_config=SMALL, fwd_chained=True))
+    )
+    assert calls, "fwd_chained=True did not take the chained forward"
+    (hr, hlr), grads_r = run(linear_scan_ref)
+    check("h", h, as64(hr), dtype)
+    check("h_last", h_last, as64(hlr), "float32")
+    for name, g, gr in zip(("da", "dx", "dh0"), grads, grads_r, strict=True):
+        check(name, g, as64(gr), dtype)
+
+    calls.clear()
+    assert not P.SCAN_FWD_CHAINED  # unmeasured on a GPU: not the default
+    P.linear_scan(a, x, h0, fwd_config=SMALL)
+    assert not calls
+    monkeypatch.setattr(P, "SCAN_FWD_CHAINED", True)
+    check("h (module flag)", P.linear_scan(a, x, h0, fwd_config=SMALL)[0], as64(hr), dtype)
+    assert calls
+    calls.clear()
+    P.linear_scan(a, x, h0, fwd_config=SMALL, fwd_chained=False)
+    assert not calls
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("with_resets", [False, True])
@@ -195,6 +284,17 @@ def test_default_configs_match_the_reference():
     ref = jax.value_and_grad(lambda *p: loss(linear_scan_ref, *p), argnums=(0, 1, 2))(a, x, h0)
     for g, r in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref), strict=True):
         check("scan", g, as64(r), "float32")
+
+    # the chained forward's default tiles: three time tiles, two channel blocks
+    cfg = P.SCAN_FWD_CHAINED_CONFIG
+    tc, dc = 2 * cfg.block_t + 3, cfg.block_d + 5
+    ac = jnp.asarray(rand(rng, b, tc, dc, positive=True), jnp.float32)
+    xc = jnp.asarray(rand(rng, b, tc, dc), jnp.float32)
+    h0c = jnp.asarray(rand(rng, b, dc), jnp.float32)
+    hc, hlc = P.linear_scan(ac, xc, h0c, fwd_chained=True)
+    hr, hlr = linear_scan_ref(ac, xc, h0c)
+    check("scan chained", hc, as64(hr), "float32")
+    check("scan chained h_last", hlc, as64(hlr), "float32")
 
     gx, ga = jnp.asarray(rand(rng, b, t, d), jnp.float32), jnp.asarray(rand(rng, b, t, d))
     ga = ga.astype(jnp.float32)
@@ -299,6 +399,41 @@ def test_an_unwritten_or_wrong_element_fails_the_check():
         check("h", h_short, hr, "float32")
 
 
+def test_a_broken_chained_forward_fails_the_check(monkeypatch):
+    """The chained forward's checks can fail too: its kernel told t - 1 (the same tiles) leaves
+    the last row unwritten (NaN), and a look-back that drops the carry from the tiles before is
+    wrong from the second tile on."""
+    b, t, d = 2, 7, 20
+    rng = np.random.default_rng(8)
+    a, x, h0 = scan_inputs(rng, b, t, d, "float32")
+    hr = as64(linear_scan_ref(a, x, h0)[0])
+    h, _ = P._scan_fwd_chained(a, x, h0, SMALL, True)
+    check("h", h, hr, "float32")
+    for bad in (h.at[1, 5, 17].add(1e-3), h.at[0, 6, 19].set(jnp.nan)):
+        with pytest.raises(AssertionError):
+            check("h", bad, hr, "float32")
+
+    kernel = P._scan_fwd_chained_kernel
+    with monkeypatch.context() as m:
+        m.setattr(P, "_scan_fwd_chained_kernel", lambda *r, t, **kw: kernel(*r, t=t - 1, **kw))
+        h_short, _ = P._scan_fwd_chained(a, x, h0, SMALL, True)
+    assert np.isnan(np.asarray(h_short)[:, -1]).all()
+    assert np.isfinite(np.asarray(h_short)[:, :-1]).all()
+    with pytest.raises(AssertionError):
+        check("h", h_short, hr, "float32")
+
+    # every tile starts from zero (h0 for tile 0): what the look-back adds is what is checked
+    zero = jnp.zeros((b, d), jnp.float32)
+    rows_alone = [
+        linear_scan_ref(
+            a[:, s : s + SMALL.block_t], x[:, s : s + SMALL.block_t], h0 if s == 0 else zero
+        )[0]
+        for s in range(0, t, SMALL.block_t)
+    ]
+    with pytest.raises(AssertionError):
+        check("h", jnp.concatenate(rows_alone, axis=1), hr, "float32")
+
+
 def test_interpret_mode_follows_the_backend_and_the_env(monkeypatch):
     monkeypatch.delenv(P.INTERPRET_ENV, raising=False)
     assert P.default_interpret() == (jax.default_backend() == "cpu")
@@ -315,9 +450,14 @@ def test_kernels_lower_to_triton_for_cuda():
     x = jnp.ones((b, t, d), jnp.bfloat16)
     h0, ap, seg = jnp.zeros((b, d)), jnp.ones((d,), jnp.bfloat16), jnp.zeros((b, t), jnp.int32)
 
-    def scan_all(a, x, h0):
-        out, vjp = jax.vjp(lambda *p: P.linear_scan(*p, interpret=False), a, x, h0)
+    def scan_all(a, x, h0, chained=False):
+        out, vjp = jax.vjp(
+            lambda *p: P.linear_scan(*p, fwd_chained=chained, interpret=False), a, x, h0
+        )
         return out, vjp(out)
+
+    def scan_chained(a, x, h0):
+        return scan_all(a, x, h0, chained=True)
 
     def rg_all(x, gx, ga, ap, h0):
         out, vjp = jax.vjp(
@@ -329,6 +469,11 @@ def test_kernels_lower_to_triton_for_cuda():
         from jax._src.pallas.triton import pallas_call_registration  # noqa: F401
     except ImportError as exc:  # pragma: no cover - a jaxlib without the Triton lowering
         pytest.skip(f"no Pallas Triton lowering here: {exc}")
-    for f, args in ((scan_all, (x, x, h0)), (rg_all, (x, x, x, ap, h0))):
+    for f, args in (
+        (scan_all, (x, x, h0)),
+        (scan_chained, (x, x, h0)),
+        (rg_all, (x, x, x, ap, h0)),
+    ):
         text = jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
         assert text.count("triton") >= 2  # the forward and the backward kernel
+        assert ("griffin_scan_fwd_chained" in text) == (f is scan_chained)
