@@ -3,7 +3,12 @@ the benchmark shape (B=8, T=4096, D=2560, bf16), for a few block configurations,
 `jax.lax.associative_scan` (the fastest JAX peer); every variant is checked against the JAX
 references (relative Frobenius error of outputs and gradients) before it is timed.
 
-    python -m bench.probes.pallas_scan --out FILE.json [--t 4096] [--reps 20]
+    python -m bench.probes.pallas_scan --out FILE.json [--t 4096] [--reps 20] [--scan-fwd-only]
+
+The chained scan forward (linear_scan(fwd_chained=True): one program per time tile x channel
+block, decoupled look-back) is swept over CHAINED_FWD_CONFIGS beside the default forward kernel;
+--scan-fwd-only times just the scan forwards (default kernel, chained sweep, associative scan)
+and one forward+backward with the chained forward.
 
 Timing: jitted, block_until_ready, median of --reps calls after warm-up (compilation excluded).
 Forward+backward is one jitted call of jax.vjp (the forward kernel and the backward kernel).
@@ -38,6 +43,19 @@ SCAN_FWD_CONFIGS = [
     P.Config(16, 64, 1, 2),
 ]
 SCAN_BWD_CONFIGS = [P.Config(32, 32, 1, 2), P.Config(16, 32, 1, 2), P.Config(16, 64, 1, 2)]
+# the chained forward: (time tile, channels, warps, stages unused). Rows per thread
+# (block_t * block_d / (32 * warps)) of 32 used ~128 registers (ptxas, sm_90), 64 ~250 (no
+# spills) and compile slower; 128 would spill, so no tile of 128 steps on one thread's channel.
+CHAINED_FWD_CONFIGS = [
+    P.Config(16, 32, 1, 1),
+    P.Config(32, 32, 1, 1),
+    P.Config(64, 32, 1, 1),
+    P.Config(32, 64, 1, 1),
+    P.Config(32, 64, 2, 1),
+    P.Config(64, 64, 2, 1),
+    P.Config(32, 128, 4, 1),
+    P.Config(64, 128, 4, 1),
+]
 RGLRU_FWD_CONFIGS = [
     P.Config(8, 32, 1, 2),
     P.Config(4, 32, 1, 2),
@@ -127,6 +145,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--t", type=int, default=4096)
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument(
+        "--scan-fwd-only", action="store_true", help="only the scan forwards (and chained fwd+bwd)"
+    )
     args = ap.parse_args()
     if jax.default_backend() != "gpu":
         raise SystemExit(f"needs a CUDA JAX backend; this one is {jax.default_backend()!r}")
@@ -182,37 +203,45 @@ def main() -> None:
     hr, (dar, dxr) = ref_fb(a, x, dy)
     scan_fwd_ref = {"h": h_ref}
     scan_fb_ref = {"h": hr, "da": dar, "dx": dxr}
-    for cfg in SCAN_FWD_CONFIGS:
+    for cfg in [P.SCAN_FWD_CONFIG] if args.scan_fwd_only else SCAN_FWD_CONFIGS:
         f = jax.jit(lambda a, x, cfg=cfg: P.linear_scan(a, x, fwd_config=cfg)[0])
         run_variant("scan", "fwd", "pallas", cfg, f, (a, x), scan_fwd_ref)
-    for cfg in SCAN_BWD_CONFIGS:
-        fb = fwd_bwd(lambda a, x, cfg=cfg: P.linear_scan(a, x, bwd_config=cfg)[0], 2)
-        run_variant("scan", "fwdbwd", "pallas(bwd cfg)", cfg, fb, (a, x, dy), scan_fb_ref)
+    for cfg in CHAINED_FWD_CONFIGS:
+        f = jax.jit(lambda a, x, cfg=cfg: P.linear_scan(a, x, fwd_config=cfg, fwd_chained=True)[0])
+        run_variant("scan", "fwd", "pallas-chained", cfg, f, (a, x), scan_fwd_ref)
+    fb = fwd_bwd(lambda a, x: P.linear_scan(a, x, fwd_chained=True)[0], 2)
+    run_variant("scan", "fwdbwd", "pallas-chained(fwd)", P.SCAN_FWD_CHAINED_CONFIG, fb,
+                (a, x, dy), scan_fb_ref)  # fmt: skip
+    if not args.scan_fwd_only:
+        for cfg in SCAN_BWD_CONFIGS:
+            fb = fwd_bwd(lambda a, x, cfg=cfg: P.linear_scan(a, x, bwd_config=cfg)[0], 2)
+            run_variant("scan", "fwdbwd", "pallas(bwd cfg)", cfg, fb, (a, x, dy), scan_fb_ref)
     run_variant("scan", "fwd", "jax-associative", None, jax.jit(assoc_scan), (a, x), scan_fwd_ref)
-    run_variant("scan", "fwdbwd", "jax-associative", None, fwd_bwd(assoc_scan, 2), (a, x, dy),
-                scan_fb_ref)  # fmt: skip
+    if not args.scan_fwd_only:
+        run_variant("scan", "fwdbwd", "jax-associative", None, fwd_bwd(assoc_scan, 2),
+                    (a, x, dy), scan_fb_ref)  # fmt: skip
 
-    # --- RG-LRU, with document resets
-    def ref_rg(x, gx, ga, ap, seg):
-        return rg_lru_ref(x, gx, ga, ap, seg)[0]
+        # --- RG-LRU, with document resets
+        def ref_rg(x, gx, ga, ap, seg):
+            return rg_lru_ref(x, gx, ga, ap, seg)[0]
 
-    yr = jax.jit(ref_rg)(x, gx, ga, a_param, seg)
-    yr2, grads_r = fwd_bwd(ref_rg, 4)(x, gx, ga, a_param, seg, dy)
-    rg_fwd_ref = {"y": yr}
-    rg_fb_ref = dict(
-        zip(("y", "dx", "dgate_x", "dgate_a", "da_param"), (yr2, *grads_r), strict=True)
-    )
-    for cfg in RGLRU_FWD_CONFIGS:
-        f = jax.jit(lambda *v, cfg=cfg: P.rg_lru(*v, fwd_config=cfg)[0])
-        run_variant("rglru", "fwd", "pallas", cfg, f, (x, gx, ga, a_param, seg), rg_fwd_ref)
-    for cfg in RGLRU_BWD_CONFIGS:
-        fb = fwd_bwd(lambda *v, cfg=cfg: P.rg_lru(*v, bwd_config=cfg)[0], 4)
-        run_variant("rglru", "fwdbwd", "pallas(bwd cfg)", cfg, fb, (x, gx, ga, a_param, seg, dy),
-                    rg_fb_ref)  # fmt: skip
-    run_variant("rglru", "fwd", "xla+jax-associative", None, jax.jit(rg_lru_assoc),
-                (x, gx, ga, a_param, seg), rg_fwd_ref)  # fmt: skip
-    run_variant("rglru", "fwdbwd", "xla+jax-associative", None, fwd_bwd(rg_lru_assoc, 4),
-                (x, gx, ga, a_param, seg, dy), rg_fb_ref)  # fmt: skip
+        yr = jax.jit(ref_rg)(x, gx, ga, a_param, seg)
+        yr2, grads_r = fwd_bwd(ref_rg, 4)(x, gx, ga, a_param, seg, dy)
+        rg_fwd_ref = {"y": yr}
+        rg_fb_ref = dict(
+            zip(("y", "dx", "dgate_x", "dgate_a", "da_param"), (yr2, *grads_r), strict=True)
+        )
+        for cfg in RGLRU_FWD_CONFIGS:
+            f = jax.jit(lambda *v, cfg=cfg: P.rg_lru(*v, fwd_config=cfg)[0])
+            run_variant("rglru", "fwd", "pallas", cfg, f, (x, gx, ga, a_param, seg), rg_fwd_ref)
+        for cfg in RGLRU_BWD_CONFIGS:
+            fb = fwd_bwd(lambda *v, cfg=cfg: P.rg_lru(*v, bwd_config=cfg)[0], 4)
+            run_variant("rglru", "fwdbwd", "pallas(bwd cfg)", cfg, fb, (x, gx, ga, a_param, seg, dy),
+                        rg_fb_ref)  # fmt: skip
+        run_variant("rglru", "fwd", "xla+jax-associative", None, jax.jit(rg_lru_assoc),
+                    (x, gx, ga, a_param, seg), rg_fwd_ref)  # fmt: skip
+        run_variant("rglru", "fwdbwd", "xla+jax-associative", None, fwd_bwd(rg_lru_assoc, 4),
+                    (x, gx, ga, a_param, seg, dy), rg_fb_ref)  # fmt: skip
 
     result = {
         "probe": "pallas_scan",
@@ -222,9 +251,11 @@ def main() -> None:
         "defaults": {
             "SCAN_FWD_CONFIG": P.SCAN_FWD_CONFIG._asdict(),
             "SCAN_BWD_CONFIG": P.SCAN_BWD_CONFIG._asdict(),
+            "SCAN_FWD_CHAINED_CONFIG": P.SCAN_FWD_CHAINED_CONFIG._asdict(),
             "RGLRU_FWD_CONFIG": P.RGLRU_FWD_CONFIG._asdict(),
             "RGLRU_BWD_CONFIG": P.RGLRU_BWD_CONFIG._asdict(),
         },
+        "scan_fwd_only": args.scan_fwd_only,
         "timing": f"jit, block_until_ready, median of {reps} after 3 warm-up calls",
         "rows": rows,
         "wall_s": time.perf_counter() - start,
