@@ -210,18 +210,18 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, m_ptr, acc_ptr, ml_ptr, kn_ptr, vn_ptr, s
 
 @triton.jit
 def _combine_kernel(acc_ptr, ml_ptr, o_ptr, N, H, SPLITS,
-                    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HC: tl.constexpr,
                     BLOCK_SPLITS: tl.constexpr, COMBINE: tl.constexpr):  # fmt: skip
-    # one program per (row, head); the splits' partial sums COMBINE at a time ([COMBINE, h]
-    # tiles: the loads of a group in flight together, not one split's after another's)
+    # one program per (row, head, BLOCK_HC channels); the splits' partial sums COMBINE at a time
+    # ([COMBINE, BLOCK_HC] tiles: a group's loads in flight together; one group up to 128 splits)
     b = tl.program_id(0).to(tl.int64)
     n = tl.program_id(1)
+    hs = tl.program_id(2) * BLOCK_HC + tl.arange(0, BLOCK_HC)
     sps = tl.arange(0, BLOCK_SPLITS)
-    hs = tl.arange(0, BLOCK_H)
     ms = tl.load(ml_ptr + ((b * SPLITS + sps) * 2) * BLOCK_N + n, mask=sps < SPLITS,
                  other=float("-inf"))  # fmt: skip
     big = tl.max(ms, 0)
-    out = tl.zeros([BLOCK_H], tl.float32)
+    out = tl.zeros([BLOCK_HC], tl.float32)
     den = tl.zeros([COMBINE], tl.float32)
     for c in range(0, SPLITS, COMBINE):
         cs = c + tl.arange(0, COMBINE)
@@ -294,9 +294,13 @@ def mqa_decode(q, k, v, mask, scale: float | None = None, new=None, rope=None):
         num_warps=4,
         num_stages=2,  # at most two 64 x 256 key + value tiles in flight: 128 KB of shared memory
     )  # fmt: skip
-    _combine_kernel[(b, n)](
-        acc, ml, out, n, h, splits, BLOCK_N=bn, BLOCK_H=bh,
-        BLOCK_SPLITS=triton.next_power_of_2(splits), COMBINE=16, num_warps=4,
+    # The combine split over channel chunks too (8 programs at batch 1 left 124 SMs idle while
+    # each walked its 66 KB of partials in sequential groups: 7.4 us a layer in the profile)
+    bsp = triton.next_power_of_2(splits)
+    bhc = min(bh, 64 if not INTERPRET else 8)  # the interpreter: several chunks in the tests
+    _combine_kernel[(b, n, triton.cdiv(h, bhc))](
+        acc, ml, out, n, h, splits, BLOCK_N=bn, BLOCK_H=bh, BLOCK_HC=bhc,
+        BLOCK_SPLITS=bsp, COMBINE=min(bsp, 128 if not INTERPRET else 16), num_warps=4,
     )  # fmt: skip
     return out
 
