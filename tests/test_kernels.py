@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from kernels.conv1d import conv1d, conv1d_ref, conv1d_step, conv1d_step_ref
+from kernels.cross_entropy import xent_grad_, xent_grad_ref
 from kernels.decode_attention import mqa_decode, mqa_decode_ref
 from kernels.fused import gelu_mul, gelu_mul_ref, rms_norm, rms_norm_ref
 from kernels.gemv import gemv, gemv_gated_up, gemv_gated_up_ref, gemv_ref
@@ -262,6 +263,36 @@ def test_gelu_mul(shape, dtype):
     (z.float() * gz).sum().backward()
     (z_ref * gz.double()).sum().backward()
     check_grads({"dgate": (gate.grad, ref_in[0].grad), "dup": (up.grad, ref_in[1].grad)}, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cap", [0.0, 30.0], ids=str)
+@pytest.mark.parametrize("n,v", [(3, 5000), (1, 7), (4, 4096)], ids=str)
+def test_xent_grad(n, v, cap, dtype):
+    """Loss rows and the gradient written over the logits: a vocabulary of one partial block,
+    several blocks with a partial last one, whole blocks; logits well past the soft cap's linear
+    range; targets in the first and the last column."""
+    g = torch.Generator().manual_seed(n * v)
+    logits = (torch.randn(n, v, generator=g) * 20).to(DEVICE, dtype)
+    targets = torch.randint(0, v, (n,), generator=g).to(DEVICE)
+    targets[0] = v - 1
+    if n > 1:
+        targets[1] = 0
+    loss_ref, grad_ref = xent_grad_ref(logits.double(), targets, cap, 0.25)
+    work = logits.clone()
+    loss = xent_grad_(work, targets, cap, 0.25)
+    assert loss.dtype == torch.float32 and work.dtype == dtype
+    assert rel(loss, loss_ref) <= TOL[dtype] and rel(work, grad_ref) <= TOL[dtype]
+
+
+def test_xent_grad_errors():
+    logits = torch.zeros(3, 10, device=DEVICE)
+    with pytest.raises(ValueError, match=r"targets must be \[n\] = \[3\]"):
+        xent_grad_(logits, torch.zeros(4, dtype=torch.long, device=DEVICE))
+    with pytest.raises(ValueError, match="contiguous in the vocabulary"):
+        xent_grad_(logits.T, torch.zeros(10, dtype=torch.long, device=DEVICE))
+    with pytest.raises(ValueError, match="int32 or int64"):
+        xent_grad_(logits, torch.zeros(3, device=DEVICE))
 
 
 @pytest.mark.parametrize("t", [1, 2, 3, 5])

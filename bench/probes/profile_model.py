@@ -16,6 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 from bench.impls.base import torch_train_step
 from models.config import preset
 from models.torch import Model
+from models.torch.optimized import chunked_loss
 
 
 def run(name, fn, out: Path | None, rows: int = 18) -> None:
@@ -58,7 +59,9 @@ def main() -> None:
             lambda: m.decode(tokens[:, :1], pos[:, :1] + 2048, copy_cache(cache)),
             out,
         )
-    step, restore = torch_train_step(m, m)
+    # the training step as ours-torch-optimized's (its chunked loss: full float32 logits at B=8
+    # would take 16 GB)
+    step, restore = torch_train_step(m, m, lambda t, p, y: chunked_loss(m, t, p, y))
     for b in args.train_batch:
         tb = torch.randint(0, m.config.vocab_size, (b, 2048), device="cuda")
         pb, targets = pos.expand(b, -1), torch.roll(tb, -1, 1)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from kernels._triton import AVAILABLE as TRITON_AVAILABLE
 from kernels.conv1d import conv1d, conv1d_step, conv1d_step_ref
+from kernels.cross_entropy import xent_grad_ as _xent_grad_
 from kernels.fused import gelu_mul, gelu_mul_ref, rms_norm, rms_norm_ref
 from kernels.rglru import rg_lru, rg_lru_step, rg_lru_step_ref
 from models.torch import layers
@@ -661,20 +662,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         loss = torch.zeros((), dtype=torch.float32, device=x.device)
         for i in range(0, n, chunk):
             xc, tc = x[i : i + chunk], targets[i : i + chunk]
-            # float32 [chunk, vocab] buffers are the peak (2 GB each at 2048 x 256k): at most three
-            # live at once, everything else in place
-            logits = (xc @ w.T).float()
-            if cap:
-                t = logits.div_(cap).tanh_()
-                logits = t * cap
-            lse = torch.logsumexp(logits, dim=-1)
-            loss += (lse - logits.gather(1, tc[:, None])[:, 0]).sum()
-            g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-            g[torch.arange(g.shape[0], device=g.device), tc] -= 1.0
-            if cap:
-                g.mul_(t.square_().neg_().add_(1.0))  # d cap*tanh(z/cap) / dz = 1 - tanh^2
-                del t
-            g = g.div_(n).to(x.dtype)
+            # the chunk's [chunk, vocab] logits in x's dtype are the one large buffer: the loss
+            # kernel writes their gradient over them (kernels.cross_entropy)
+            g = xc @ w.T
+            loss += _xent_grad_(g, tc, cap, 1.0 / n).sum()
             dx[i : i + chunk] = g @ w
             dw.addmm_(g.T, xc)
         ctx.save_for_backward(dx, dw)
