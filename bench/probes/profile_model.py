@@ -19,7 +19,7 @@ from models.torch import Model
 from models.torch.optimized import chunked_loss
 
 
-def run(name, fn, out: Path | None, rows: int = 18) -> None:
+def run(name, fn, out: Path | None, rows: int = 30) -> None:
     for _ in range(2):
         fn()
     torch.cuda.synchronize()
@@ -27,7 +27,7 @@ def run(name, fn, out: Path | None, rows: int = 18) -> None:
         fn()
         torch.cuda.synchronize()
     table = prof.key_averages().table(
-        sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70
+        sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=70
     )
     print(f"== {name}\n{table}", flush=True)
     if out:
