@@ -15,7 +15,8 @@ product, the division, the downcast): about 54 GB of traffic for a 2048 x 256k c
 RecurrentGemma-2B's 700 ms training step at B=8 in the profile
 (results/h100/probes/profile-train-*). The kernel reads the logits twice (one program per row: an
 online logsumexp, then the gradient) and writes the gradient once over them: 3 bytes moved per
-logit byte instead of ~27.
+logit byte instead of ~27. Measured on the H100 (results/h100/NOTES.md, session 6): 1.68 ms a
+chunk, and RG-2B's B=8 step went from 53.3% MFU to 563.5 ms, 69.1%.
 """
 
 from __future__ import annotations

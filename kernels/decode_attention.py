@@ -295,7 +295,8 @@ def mqa_decode(q, k, v, mask, scale: float | None = None, new=None, rope=None):
         num_stages=2,  # at most two 64 x 256 key + value tiles in flight: 128 KB of shared memory
     )  # fmt: skip
     # The combine split over channel chunks too (8 programs at batch 1 left 124 SMs idle while
-    # each walked its 66 KB of partials in sequential groups: 7.4 us a layer in the profile)
+    # each walked its 66 KB of partials in sequential groups: 7.4 us a layer in the profile).
+    # Measured: split + combine at batch 1 11.9 -> 6.7 us, Gemma-2B's step 2.318 -> 2.224 ms.
     bsp = triton.next_power_of_2(splits)
     bhc = min(bh, 64 if not INTERPRET else 8)  # the interpreter: several chunks in the tests
     _combine_kernel[(b, n, triton.cdiv(h, bhc))](

@@ -33,8 +33,10 @@ from kernels.fused import _SQRT_2_OVER_PI, _tanh, gelu_mul_ref, rms_norm_ref
 # before the kernel ahead of it in the stream has finished. Its programs first prefetch their
 # weight rows into L2 (the weights do not depend on the previous kernel), then wait for it
 # (griddepcontrol.wait) before reading x, then let the next kernel start early in turn. Meant
-# to hide each GEMV's ramp and tail in a chain of them; off by default until measured
-# (results/h100/NOTES.md). Triton's interpreter has no griddepcontrol: there pdl is ignored.
+# to hide each GEMV's ramp and tail in a chain of them. Measured on the H100 it made the decode
+# step slower (RG-2B 2.675 -> 3.148 ms, Gemma-2B 2.314 -> 2.742 ms; results/h100/NOTES.md,
+# session 6), so it is off by default. Triton's interpreter has no griddepcontrol: there pdl is
+# ignored.
 
 
 @triton.jit

@@ -15,7 +15,9 @@ the carry, so they can be issued ahead of the (serial, one FMA per step) recurre
 that is not a multiple of BLOCK_T ends with a shorter, statically unrolled tail chunk (t is static
 under jit, so there are no time masks); channels beyond d in the last block are masked.
 
-Chained forward (linear_scan(..., fwd_chained=True); not the default until measured): one program
+Chained forward (linear_scan(..., fwd_chained=True); not the default: on the H100 it was no faster
+than the walking forward, 0.441 ms at best against 0.414-0.504 ms, B=8 T=4096 D=2560 bf16;
+results/h100/NOTES.md, session 6): one program
 per tile of BLOCK_T steps x BLOCK_D channels, as kernels.scan._forward_chained. A program takes its
 tile from a start-order counter (an atomic add; chunk-major, so the tiles before it in time have
 all started), loads its rows, scans them from zero, publishes the tile's transform h -> A h + H
@@ -72,7 +74,7 @@ class Config(NamedTuple):
 SCAN_FWD_CONFIG = Config(block_t=32, block_d=32, num_warps=1, num_stages=2)
 SCAN_BWD_CONFIG = Config(block_t=32, block_d=32, num_warps=1, num_stages=2)
 # The chained forward (_scan_fwd_chained: one program per block_t x block_d tile, decoupled
-# look-back across time; num_stages unused) is not yet measured on a GPU, so not the default:
+# look-back across time; num_stages unused) measured no faster on the H100, so not the default:
 # linear_scan(..., fwd_chained=True) or SCAN_FWD_CHAINED = True selects it. A thread keeps its
 # tile's rows in registers, about 4 per row: with block_t * block_d / (32 * num_warps) = 32 rows
 # per thread ptxas (sm_90, Triton 3.9 on the CPU) used 124-128 registers, with 64 rows 248-254

@@ -103,7 +103,8 @@ def rg_lru_ref(
 
 # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES), as for kernels.scan.
 FWD_CONFIG = (32, 16, 2, True, 3)
-# the chained forward (_rglru_forward_chained, not yet measured on a GPU, so not the default):
+# the chained forward (_rglru_forward_chained; not the default: on the H100 it reached 46-47% of
+# its floor against the walking forward's 59% at T=4096; results/h100/NOTES.md, session 6):
 # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D)
 FWD_CHAINED_CONFIG = (64, 16, 2, True)
 BWD_CONFIG = (16, 32, 2, True, 3)
@@ -341,7 +342,8 @@ def _rglru_forward_chained(
     x, gx, ga, a_param, segment_pos, h0, config=FWD_CHAINED_CONFIG, publish_inclusive=True
 ):
     """y, h_last from one program per (BLOCK_T x BLOCK_D) tile, chained across time by
-    decoupled look-back (`_rglru_fwd_chained_kernel`; not the default until measured)."""
+    decoupled look-back (`_rglru_fwd_chained_kernel`; measured slower than the walking forward on
+    the H100, so not the default)."""
     b, t, d = x.shape
     block_t, block_d, warps, contig = config
     n_dblk, n_chunks, rows, flags, agg, inc = chain_buffers(b, t, d, block_t, block_d, x.device)
