@@ -64,7 +64,7 @@ def _pdl_args(pdl: bool, w: torch.Tensor, k: int) -> dict:
             "PER_LINE": per_line, "launch_pdl": on}  # fmt: skip
 
 
-def _check(x, weights, biases, residual, norm):
+def _check(x, weights, biases, residual, norm, conv=None):
     if x.dim() != 2:
         raise ValueError(f"x must be [M, K], got {list(x.shape)}")
     if not 1 <= len(weights) <= 3:
@@ -87,6 +87,23 @@ def _check(x, weights, biases, residual, norm):
             )
     if norm is not None and norm[0].shape != (k,):
         raise ValueError(f"the norm's scale must be [{k}], got {list(norm[0].shape)}")
+    if conv is not None:
+        cw, cb, state, reset = conv
+        n, m = weights[-1].shape[0], x.shape[0]
+        if cw.dim() != 2 or cw.shape[1] != n or cb.shape != (n,):
+            raise ValueError(
+                f"the conv's w must be [W, {n}] and b [{n}] (the last weight's rows); got "
+                f"{list(cw.shape)}, {list(cb.shape)}"
+            )
+        if state.shape != (m, cw.shape[0] - 1, n) or not state.is_contiguous():
+            raise ValueError(
+                f"the conv state must be a contiguous [{m}, {cw.shape[0] - 1}, {n}]; got "
+                f"{list(state.shape)}"
+            )
+        if reset.shape != (m,) or reset.dtype != torch.bool:
+            raise ValueError(
+                f"the conv's reset must be bool [{m}], got {reset.dtype} {list(reset.shape)}"
+            )
 
 
 def _check_dtype(x, weights):
@@ -100,9 +117,10 @@ def _check_dtype(x, weights):
             )
 
 
-def gemv_ref(x, weights, biases=None, residual=None, norm=None, cap=None):
-    """The model's ops in its order: rms_norm_ref, then x @ w.T + b, soft cap, + residual."""
-    _check(x, weights, biases, residual, norm)
+def gemv_ref(x, weights, biases=None, residual=None, norm=None, cap=None, conv=None):
+    """The model's ops in its order: rms_norm_ref, then x @ w.T + b, soft cap, + residual; with
+    `conv`, conv1d_step_ref on the last weight's output (its state updated in place)."""
+    _check(x, weights, biases, residual, norm, conv)
     h = rms_norm_ref(x, norm[0], norm[1]) if norm is not None else x
     out = []
     for i, w in enumerate(weights):
@@ -112,6 +130,10 @@ def gemv_ref(x, weights, biases=None, residual=None, norm=None, cap=None):
         if residual is not None:
             y = y + residual
         out.append(y)
+    if conv is not None:
+        from kernels.conv1d import conv1d_step_ref
+
+        out[-1] = conv1d_step_ref(out[-1], *conv)
     return out
 
 
@@ -159,8 +181,29 @@ def _rows_dot(x_ptr, s_ptr, w_ptr, rows, N, K, NORM: tl.constexpr, BLOCK_N: tl.c
 
 
 @triton.jit
+def _conv_step(y, rows, rmask, N, m, cw_ptr, cb_ptr, cs_ptr, reset_ptr, out_ty, W: tl.constexpr):
+    """The Conv1D decode step (kernels.conv1d._conv_step_kernel) on the GEMV's outputs: the rows
+    of this program are its channels, so no other program reads or writes their state."""
+    xv = y.to(out_ty).to(tl.float32)  # the projection's output as the model rounds it
+    reset = tl.load(reset_ptr + m) != 0
+    acc = tl.load(cb_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+    acc += xv * tl.load(cw_ptr + (W - 1) * N + rows, mask=rmask, other=0.0).to(tl.float32)
+    st = cs_ptr + m * (W - 1) * N + rows
+    for j in tl.static_range(W - 1):  # row j holds x_{t-(W-1)+j}: row j moves to j - 1
+        s = tl.load(st + j * N, mask=rmask, other=0.0).to(tl.float32)
+        s = tl.where(reset, 0.0, s)
+        acc += s * tl.load(cw_ptr + j * N + rows, mask=rmask, other=0.0).to(tl.float32)
+        if j > 0:  # row j - 1 was read in the previous iteration
+            tl.store(st + (j - 1) * N, s.to(cs_ptr.dtype.element_ty), mask=rmask)
+    if W > 1:
+        tl.store(st + (W - 2) * N, xv.to(cs_ptr.dtype.element_ty), mask=rmask)
+    return acc
+
+
+@triton.jit
 def _rows_out(y, ss, b_ptr, r_ptr, o_ptr, rows, N, K, eps, cap, NORM: tl.constexpr,
-              BIAS: tl.constexpr, RES: tl.constexpr, CAP: tl.constexpr):  # fmt: skip
+              BIAS: tl.constexpr, RES: tl.constexpr, CAP: tl.constexpr, m, cw_ptr, cb_ptr,
+              cs_ptr, reset_ptr, CONV: tl.constexpr, W: tl.constexpr):  # fmt: skip
     rmask = rows < N
     if NORM:
         y = y / tl.sqrt(ss / K + eps)
@@ -170,6 +213,9 @@ def _rows_out(y, ss, b_ptr, r_ptr, o_ptr, rows, N, K, eps, cap, NORM: tl.constex
         y = _tanh(y / cap) * cap
     if RES:
         y += tl.load(r_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+    if CONV:
+        y = _conv_step(y, rows, rmask, N, m, cw_ptr, cb_ptr, cs_ptr, reset_ptr,
+                       o_ptr.dtype.element_ty, W)  # fmt: skip
     tl.store(o_ptr + rows, y.to(o_ptr.dtype.element_ty), mask=rmask)
 
 
@@ -178,13 +224,15 @@ def _gemv_kernel(x_ptr, s_ptr, r_ptr,
                  w0, b0, o0, N0, P0,
                  w1, b1, o1, N1, P1,
                  w2, b2, o2, N2,
-                 K, eps, cap,
+                 K, eps, cap, cw, cb, cs, creset,
                  NORM: tl.constexpr, BIAS0: tl.constexpr, BIAS1: tl.constexpr,
                  BIAS2: tl.constexpr, RES: tl.constexpr, CAP: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
-                 LINES: tl.constexpr, PER_LINE: tl.constexpr):  # fmt: skip
+                 LINES: tl.constexpr, PER_LINE: tl.constexpr, CONV: tl.constexpr,
+                 W: tl.constexpr):  # fmt: skip
     # programs [0, P0) take rows of weight 0, [P0, P0 + P1) of weight 1, the rest of weight 2;
-    # axis 1 is the row of x
+    # axis 1 is the row of x. CONV (0 none, else 1 + the weight's index): that weight's outputs
+    # go through the Conv1D decode step (cw, cb; its state cs updated in place; creset per row)
     pid = tl.program_id(0)
     m = tl.program_id(1).to(tl.int64)
     x_ptr += m * K
@@ -202,15 +250,17 @@ def _gemv_kernel(x_ptr, s_ptr, r_ptr,
         rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         y, ss = _rows_dot(x_ptr, s_ptr, w0, rows, N0, K, NORM, BLOCK_N, BLOCK_K)
         _rows_out(y, ss, b0, r_ptr + m * N0, o0 + m * N0, rows, N0, K, eps, cap,
-                  NORM, BIAS0, RES, CAP)  # fmt: skip
+                  NORM, BIAS0, RES, CAP, m, cw, cb, cs, creset, CONV == 1, W)  # fmt: skip
     elif pid < P0 + P1:
         rows = (pid - P0) * BLOCK_N + tl.arange(0, BLOCK_N)
         y, ss = _rows_dot(x_ptr, s_ptr, w1, rows, N1, K, NORM, BLOCK_N, BLOCK_K)
-        _rows_out(y, ss, b1, r_ptr, o1 + m * N1, rows, N1, K, eps, cap, NORM, BIAS1, False, CAP)
+        _rows_out(y, ss, b1, r_ptr, o1 + m * N1, rows, N1, K, eps, cap, NORM, BIAS1, False, CAP,
+                  m, cw, cb, cs, creset, CONV == 2, W)  # fmt: skip
     else:
         rows = (pid - P0 - P1) * BLOCK_N + tl.arange(0, BLOCK_N)
         y, ss = _rows_dot(x_ptr, s_ptr, w2, rows, N2, K, NORM, BLOCK_N, BLOCK_K)
-        _rows_out(y, ss, b2, r_ptr, o2 + m * N2, rows, N2, K, eps, cap, NORM, BIAS2, False, CAP)
+        _rows_out(y, ss, b2, r_ptr, o2 + m * N2, rows, N2, K, eps, cap, NORM, BIAS2, False, CAP,
+                  m, cw, cb, cs, creset, CONV == 3, W)  # fmt: skip
 
 
 # A few rows per program (hundreds of programs for a 2560-row weight, so every SM streams), and
@@ -222,13 +272,19 @@ def _block_n(n_rows: int) -> int:
     return 4 if n_rows <= 8192 else 16
 
 
-def gemv(x, weights, biases=None, residual=None, norm=None, cap=None, *, config=None, pdl=False):
+def gemv(
+    x, weights, biases=None, residual=None, norm=None, cap=None, *, config=None, pdl=False,
+    conv=None,
+):  # fmt: skip
     """[norm(x) @ w.T + b (soft-capped) (+ residual) for w in weights], one launch.
     x [M, K]; weights: one to three [N_i, K]; biases: None or one per weight (each None or
     [N_i]); residual [M, N] (one weight only); norm: (scale [K], eps) for rms_norm_ref's
     x / rms(x) * (1 + scale); cap: the logits' soft cap. config: (BLOCK_N, BLOCK_K, num_warps)
-    instead of the defaults (bench.probes.gemv). pdl: programmatic dependent launch (above)."""
-    _check(x, weights, biases, residual, norm)
+    instead of the defaults (bench.probes.gemv). pdl: programmatic dependent launch (above).
+    conv: (w [W, N], b [N], state [M, W-1, N], reset bool [M]): the last weight's output goes
+    through kernels.conv1d's decode step (conv1d_step_ref), its state updated in place: a
+    recurrent block's x branch, without a launch of its own."""
+    _check(x, weights, biases, residual, norm, conv)
     _check_dtype(x, weights)
     x = x.contiguous()
     m, k = x.shape
@@ -251,13 +307,20 @@ def gemv(x, weights, biases=None, residual=None, norm=None, cap=None, *, config=
     (w0, b0, o0, n0, p0), (w1, b1, o1, n1, p1), (w2, b2, o2, n2, _) = args
     scale = norm[0].contiguous() if norm is not None else x
     res = residual.contiguous() if residual is not None else x
+    if conv is not None:
+        cw, cb, cs, creset = conv[0].contiguous(), conv[1].contiguous(), conv[2], conv[3]
+        creset, width = creset.contiguous().view(torch.uint8), cw.shape[0]
+    else:
+        cw = cb = cs = creset = x  # unused
+        width = 1
     _gemv_kernel[(sum(progs), m)](
         x, scale, res, w0, b0, o0, n0, p0, w1, b1, o1, n1, p1, w2, b2, o2, n2,
         k, float(norm[1]) if norm is not None else 0.0, float(cap) if cap is not None else 1.0,
+        cw, cb, cs, creset,
         NORM=norm is not None, BIAS0=bs[0] is not None,
         BIAS1=len(bs) > 1 and bs[1] is not None, BIAS2=len(bs) > 2 and bs[2] is not None,
         RES=residual is not None, CAP=cap is not None, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
-        **_pdl_args(pdl, ws[0], k),
+        CONV=len(ws) if conv is not None else 0, W=width, **_pdl_args(pdl, ws[0], k),
     )  # fmt: skip
     return outs
 
@@ -385,6 +448,29 @@ def gemv_op(
 
 @gemv_op.register_fake
 def _(x, weights, biases, residual, scale, eps, cap, pdl=False):
+    return [x.new_empty(x.shape[0], w.shape[0]) for w in weights]
+
+
+@torch.library.custom_op("griffin_bench::gemv_conv", mutates_args=("state",))
+def gemv_conv_op(
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    biases: list[torch.Tensor | None],
+    scale: torch.Tensor | None,
+    eps: float,
+    conv_w: torch.Tensor,
+    conv_b: torch.Tensor,
+    state: torch.Tensor,
+    reset: torch.Tensor,
+    pdl: bool = False,
+) -> list[torch.Tensor]:
+    """gemv with the Conv1D step on the last weight's output (`conv`); `state` is mutated."""
+    norm = None if scale is None else (scale, eps)
+    return gemv(x, weights, biases, None, norm, None, pdl=pdl, conv=(conv_w, conv_b, state, reset))
+
+
+@gemv_conv_op.register_fake
+def _(x, weights, biases, scale, eps, conv_w, conv_b, state, reset, pdl=False):
     return [x.new_empty(x.shape[0], w.shape[0]) for w in weights]
 
 

@@ -110,6 +110,36 @@ def test_rg_lru(shape, dtype, with_resets):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("ns", [(45,), (37, 70), (9, 20, 33)], ids=str)
+def test_gemv_conv_step(ns, dtype):
+    """The Conv1D decode step on the last weight's output (a recurrent block's x branch), its
+    state shifted in place as conv1d_step_ref does; row 0 continues its document, row 1 starts
+    one (its old state is cut)."""
+    g = torch.Generator().manual_seed(sum(ns))
+
+    def t(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(DEVICE, dtype)
+
+    k, n = 70, ns[-1]
+    x, ws, norm = t(2, k, scale=3.0), [t(m, k, scale=k**-0.5) for m in ns], (t(k, scale=0.5), 1e-6)
+    biases = [t(m) for m in ns]
+    cw, cb, state = t(4, n, scale=0.5), t(n), t(2, 3, n)
+    reset = torch.tensor([False, True], device=DEVICE)
+    state_ref = state.double()
+    ys = gemv(x, ws, biases, None, norm, None, conv=(cw, cb, state, reset))
+    refs = gemv_ref(
+        x.double(), [w.double() for w in ws], [b.double() for b in biases], None,
+        (norm[0].double(), norm[1]), None, conv=(cw.double(), cb.double(), state_ref, reset),
+    )  # fmt: skip
+    for y, ref in zip(ys, refs, strict=True):
+        assert y.dtype == dtype and rel(y, ref) <= TOL[dtype]
+    assert rel(state, state_ref) <= TOL[dtype]
+    assert not state[1, :2].any()  # the reset row's shifted state: its old values are cut
+    with pytest.raises(ValueError, match="the conv state must be a contiguous"):
+        gemv(x, ws, biases, None, norm, None, conv=(cw, cb, state[:, :2], reset))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("inclusive", [True, False], ids=["look-back", "walk-to-tile-0"])
 def test_rg_lru_chained_forward(shape, dtype, inclusive):

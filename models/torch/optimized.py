@@ -460,10 +460,12 @@ class StaticDecoder:
         """The step at batch 1 as a chain of fused GEMVs (kernels.gemv): per block, norm + the
         projections that read its input (one launch), the mixing, out-projection + residual,
         norm + gated up-projection + gelu·mul, down-projection + residual; the logits as norm +
-        GEMV + soft cap. A recurrent block's mixing is the Conv1D step (plain ops, which
-        Inductor fuses) and one kernel for the gates, the RG-LRU step and gelu·mul
-        (kernels.recurrent_step); attention's is the same as the compiled step's."""
-        from kernels.gemv import gemv_gated_up_op, gemv_op
+        GEMV + soft cap. A recurrent block's Conv1D step is the epilogue of its x/y GEMV (the
+        GEMV program that computes a channel also convolves it and shifts its state: as plain
+        ops Inductor made five kernels of it, ~6 us a layer in the H100 profile), and one kernel
+        does the gates, the RG-LRU step and gelu·mul (kernels.recurrent_step); attention's
+        mixing is the same as the compiled step's."""
+        from kernels.gemv import gemv_conv_op, gemv_gated_up_op, gemv_op
         from kernels.recurrent_step import rg_lru_gated_step_op
         from models.config import RECURRENT
 
@@ -474,11 +476,12 @@ class StaticDecoder:
         for i, (blk, c) in enumerate(zip(m.blocks, self.blocks, strict=True)):
             pre, tb = blk.temporal_pre_norm, blk.temporal_block
             if blk.kind == RECURRENT:
-                lins = (tb.linear_y, tb.linear_x)
-                y, xb = gemv_op(x, [lin.weight for lin in lins], [lin.bias for lin in lins], None,
-                                pre.scale, pre.eps, None, pdl)  # fmt: skip
-                conv, lru = tb.conv_1d, tb.rg_lru
-                xs = conv1d_step_ref(xb, conv.w, conv.b, c.conv, reset)
+                lins, conv, lru = (tb.linear_y, tb.linear_x), tb.conv_1d, tb.rg_lru
+                # the x branch's Conv1D step runs on the GEMV's outputs, its state in place
+                y, xs = gemv_conv_op(
+                    x, [lin.weight for lin in lins], [lin.bias for lin in lins], pre.scale,
+                    pre.eps, conv.w, conv.b, c.conv, reset, pdl,
+                )  # fmt: skip
                 gx, ga = lru.input_gate, lru.a_gate
                 mixed = rg_lru_gated_step_op(
                     xs, y, gx.w, gx.b, ga.w, ga.b, lru.a_param, c.rg_lru, reset
