@@ -30,13 +30,15 @@ from kernels._triton import INTERPRET, tl, triton
 from kernels.fused import _SQRT_2_OVER_PI, _tanh, gelu_mul_ref, rms_norm_ref
 
 # Programmatic dependent launch (`pdl=True`, Hopper): the kernel is launched so that it may start
-# before the kernel ahead of it in the stream has finished. Its programs first prefetch their
-# weight rows into L2 (the weights do not depend on the previous kernel), then wait for it
-# (griddepcontrol.wait) before reading x, then let the next kernel start early in turn. Meant
-# to hide each GEMV's ramp and tail in a chain of them. Measured on the H100 it made the decode
+# before the kernel ahead of it in the stream has finished. Its programs first prefetch the first
+# tile (BLOCK_K columns) of their weight rows into L2 (the weights do not depend on the previous
+# kernel), then wait for it (griddepcontrol.wait) before reading x, and let the next kernel start
+# once their own weight loop is done. Meant to hide each GEMV's ramp and tail in a chain of them.
+# The first version (whole rows prefetched, the next kernel let in at once) made the H100 decode
 # step slower (RG-2B 2.675 -> 3.148 ms, Gemma-2B 2.314 -> 2.742 ms; results/h100/NOTES.md,
-# session 6), so it is off by default. Triton's interpreter has no griddepcontrol: there pdl is
-# ignored.
+# session 6): a waiting kernel's prefetch of its whole weight (up to 79 MB) competed with the
+# running one's stream and overran L2. This version is not yet measured, so pdl stays off by
+# default. Triton's interpreter has no griddepcontrol: there pdl is ignored.
 
 
 @triton.jit
@@ -54,13 +56,17 @@ def _prefetch_rows(w_ptr, rows, N, K, LINES: tl.constexpr, PER_LINE: tl.constexp
 @triton.jit
 def _wait_for_previous():
     tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def _let_next_start():
     tl.extra.cuda.gdc_launch_dependents()
 
 
-def _pdl_args(pdl: bool, w: torch.Tensor, k: int) -> dict:
+def _pdl_args(pdl: bool, w: torch.Tensor, k: int, block_k: int) -> dict:
     on = pdl and not INTERPRET
-    per_line = 128 // w.element_size()
-    return {"PDL": on, "LINES": triton.next_power_of_2(triton.cdiv(k, per_line)),
+    per_line = 128 // w.element_size()  # the first tile of each row: min(k, block_k) columns
+    return {"PDL": on, "LINES": triton.next_power_of_2(triton.cdiv(min(k, block_k), per_line)),
             "PER_LINE": per_line, "launch_pdl": on}  # fmt: skip
 
 
@@ -249,16 +255,22 @@ def _gemv_kernel(x_ptr, s_ptr, r_ptr,
     if pid < P0:
         rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         y, ss = _rows_dot(x_ptr, s_ptr, w0, rows, N0, K, NORM, BLOCK_N, BLOCK_K)
+        if PDL:
+            _let_next_start()
         _rows_out(y, ss, b0, r_ptr + m * N0, o0 + m * N0, rows, N0, K, eps, cap,
                   NORM, BIAS0, RES, CAP, m, cw, cb, cs, creset, CONV == 1, W)  # fmt: skip
     elif pid < P0 + P1:
         rows = (pid - P0) * BLOCK_N + tl.arange(0, BLOCK_N)
         y, ss = _rows_dot(x_ptr, s_ptr, w1, rows, N1, K, NORM, BLOCK_N, BLOCK_K)
+        if PDL:
+            _let_next_start()
         _rows_out(y, ss, b1, r_ptr, o1 + m * N1, rows, N1, K, eps, cap, NORM, BIAS1, False, CAP,
                   m, cw, cb, cs, creset, CONV == 2, W)  # fmt: skip
     else:
         rows = (pid - P0 - P1) * BLOCK_N + tl.arange(0, BLOCK_N)
         y, ss = _rows_dot(x_ptr, s_ptr, w2, rows, N2, K, NORM, BLOCK_N, BLOCK_K)
+        if PDL:
+            _let_next_start()
         _rows_out(y, ss, b2, r_ptr, o2 + m * N2, rows, N2, K, eps, cap, NORM, BIAS2, False, CAP,
                   m, cw, cb, cs, creset, CONV == 3, W)  # fmt: skip
 
@@ -320,7 +332,7 @@ def gemv(
         NORM=norm is not None, BIAS0=bs[0] is not None,
         BIAS1=len(bs) > 1 and bs[1] is not None, BIAS2=len(bs) > 2 and bs[2] is not None,
         RES=residual is not None, CAP=cap is not None, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
-        CONV=len(ws) if conv is not None else 0, W=width, **_pdl_args(pdl, ws[0], k),
+        CONV=len(ws) if conv is not None else 0, W=width, **_pdl_args(pdl, ws[0], k, bk),
     )  # fmt: skip
     return outs
 
@@ -351,7 +363,7 @@ def _gated_up_kernel(x_ptr, s_ptr, w_ptr, b_ptr, o_ptr, N, K, eps, C: tl.constex
     x_ptr += m * K
     nmask = idx < N
     half = K.to(tl.int64) * N
-    if PDL:  # (rows=True only: whole rows to prefetch)
+    if PDL:  # (rows=True only: K-contiguous rows to prefetch)
         _prefetch_rows(w_ptr, idx, N, K, LINES, PER_LINE)
         _prefetch_rows(w_ptr + half, idx, N, K, LINES, PER_LINE)
         _wait_for_previous()
@@ -377,6 +389,8 @@ def _gated_up_kernel(x_ptr, s_ptr, w_ptr, b_ptr, o_ptr, N, K, eps, C: tl.constex
             xk = x[:, None]
         acc_g += tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32) * xk
         acc_u += tl.load(w_ptr + half + offs, mask=mask, other=0.0).to(tl.float32) * xk
+    if PDL:
+        _let_next_start()
     if ROWS:
         g = tl.sum(acc_g, axis=1)
         u = tl.sum(acc_u, axis=1)
@@ -423,7 +437,7 @@ def gemv_gated_up(x, w, b=None, norm=None, *, rows: bool = False, config=None, p
         x, scale, w, b.contiguous() if b is not None else w, out, n, k,
         float(norm[1]) if norm is not None else 0.0, C=_SQRT_2_OVER_PI, KC=0.044715,
         NORM=norm is not None, BIAS=b is not None, ROWS=rows, BLOCK_N=bn, BLOCK_K=bk,
-        num_warps=warps, **_pdl_args(pdl and rows, w, k),
+        num_warps=warps, **_pdl_args(pdl and rows, w, k, bk),
     )  # fmt: skip
     return out
 
