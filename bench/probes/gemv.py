@@ -4,20 +4,27 @@ whole decode step (StaticDecoder, CUDA graph) with and without them, and with th
 with programmatic dependent launch (`pdl`). Every variant is checked against the `_ref`
 (float32 on the GPU) before it is timed.
 
-    python -m bench.probes.gemv --out FILE.json [--reps 200] [--no-shapes] [--models M ...]
+    python -m bench.probes.gemv --out FILE.json [--reps 200] [--no-shapes] [--cold]
+                                [--models M ...]
 
 Timing: CUDA events around `reps` back-to-back calls captured in one CUDA graph (no launch gaps
 from the host), median of 5 such rounds, per call; GB/s counts the weights' and vectors' bytes
 and is compared with a 1 GiB device copy measured in the same run. Weights smaller than the L2
 cache (50 MB on the H100) stay in it across the repeated calls, so their "fraction of copy" can
 pass 100%: compare those shapes with cuBLAS under the same conditions, not with the floor. The
-decode step (5 GB of weights per step) has no such effect.
+decode step (5 GB of weights per step) has no such effect: there every weight comes from DRAM.
+`--cold` times the shapes that way too: each call takes the next of as many copies of the
+weights as make at least COLD_BYTES, so no call finds its weights in L2 (the regime of the decode
+step, where session 5's profile put the small GEMVs at 69% of copy and the up-projections at 77%
+while this probe, L2-hot, read 86-138%).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import statistics
 
 import torch
@@ -39,6 +46,7 @@ SHAPES = {
     "gemma down (16384 -> 2048)": (16384, [2048], "rows"),
 }
 ROW_CONFIGS = [None, (2, 2048, 4), (4, 1024, 4), (8, 512, 4), (8, 1024, 8), (16, 256, 4)]
+COLD_BYTES = 256 << 20  # --cold: five times the H100's 50 MB L2
 UP_CONFIGS = [None, (16, 64, 4), (32, 64, 4), (16, 128, 8), (8, 256, 4)]
 
 
@@ -77,51 +85,68 @@ def rel(a, b) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
-def shapes(reps: int, copy: float) -> list[dict]:
+def shapes(reps: int, copy: float, cold: bool = False) -> list[dict]:
     g = torch.Generator(device="cuda").manual_seed(0)
-    return [one_shape(name, *spec, reps, copy, g) for name, spec in SHAPES.items()]
+    return [one_shape(name, *spec, reps, copy, g, cold) for name, spec in SHAPES.items()]
 
 
-def one_shape(name, k, ns, kind, reps, copy, g) -> dict:
+def _rotating(fns):
+    """One callable that calls `fns` in turn (under graph capture: the graph holds each in
+    turn, so its replays read one weight copy after another)."""
+    if len(fns) == 1:
+        return fns[0]
+    turn = itertools.cycle(fns)
+    return lambda: next(turn)()
+
+
+def one_shape(name, k, ns, kind, reps, copy, g, cold: bool = False) -> dict:
     x = torch.randn(1, k, device="cuda", dtype=DT, generator=g)
     scale = 0.1 * torch.randn(k, device="cuda", dtype=DT, generator=g)
+    weight_bytes = 2 * k * ns[0] * 2 if kind == "up" else k * sum(ns) * 2
+    copies = max(1, math.ceil(COLD_BYTES / weight_bytes)) if cold else 1
     if kind == "up":
-        w = torch.randn(2, k, ns[0], device="cuda", dtype=DT, generator=g) * k**-0.5
-        nbytes = w.numel() * 2 + (k + ns[0]) * 2
-        want = gemv_gated_up_ref(x.float(), w.float(), None, (scale.float(), 1e-6))
-        ours = {cfg: (lambda c=cfg: gemv_gated_up(x, w, None, (scale, 1e-6), config=c))
+        nbytes = weight_bytes + (k + ns[0]) * 2
+        wc = [torch.randn(2, k, ns[0], device="cuda", dtype=DT, generator=g) * k**-0.5
+              for _ in range(copies)]  # fmt: skip
+        want = gemv_gated_up_ref(x.float(), wc[0].float(), None, (scale.float(), 1e-6))
+        ours = {cfg: _rotating([lambda c=cfg, w=w: gemv_gated_up(x, w, None, (scale, 1e-6),
+                                                                   config=c) for w in wc])
                 for cfg in UP_CONFIGS}  # fmt: skip
-        w_rows = w.transpose(1, 2).contiguous()  # the decoder's copy: [2, N, K]
+        rows_c = [w.transpose(1, 2).contiguous() for w in wc]  # the decoder's copy: [2, N, K]
         for cfg in ROW_CONFIGS:
-            ours[("rows", cfg)] = lambda c=cfg: gemv_gated_up(
-                x, w_rows, None, (scale, 1e-6), rows=True, config=c
-            )
-        w0, w1 = w[0], w[1]
+            ours[("rows", cfg)] = _rotating([
+                lambda c=cfg, w=w: gemv_gated_up(x, w, None, (scale, 1e-6), rows=True, config=c)
+                for w in rows_c
+            ])  # fmt: skip
 
-        def cublas():
+        def cublas_one(w):
             h = x * 1.0  # the norm is a separate kernel in the cuBLAS path
-            return F.gelu(h @ w0, approximate="tanh") * (h @ w1)
+            return F.gelu(h @ w[0], approximate="tanh") * (h @ w[1])
     else:
-        ws = [torch.randn(n, k, device="cuda", dtype=DT, generator=g) * k**-0.5 for n in ns]
-        nbytes = sum(w.numel() for w in ws) * 2 + (k + sum(ns)) * 2
-        norm = (scale, 1e-6) if len(ws) > 1 or "logits" in name else None
+        nbytes = weight_bytes + (k + sum(ns)) * 2
+        wc = [[torch.randn(n, k, device="cuda", dtype=DT, generator=g) * k**-0.5 for n in ns]
+              for _ in range(copies)]  # fmt: skip
+        norm = (scale, 1e-6) if len(ns) > 1 or "logits" in name else None
         cap = 30.0 if "logits" in name else None
         res = torch.randn(1, ns[0], device="cuda", dtype=DT, generator=g) if "res" in name else None
-        want = gemv_ref(x.float(), [w.float() for w in ws], None,
+        want = gemv_ref(x.float(), [w.float() for w in wc[0]], None,
                         None if res is None else res.float(),
                         None if norm is None else (scale.float(), 1e-6), cap)[0]  # fmt: skip
-        ours = {cfg: (lambda c=cfg: gemv(x, ws, None, res, norm, cap, config=c)[0])
+        ours = {cfg: _rotating([lambda c=cfg, ws=ws: gemv(x, ws, None, res, norm, cap, config=c)[0]
+                                for ws in wc])
                 for cfg in ROW_CONFIGS}  # fmt: skip
 
-        def cublas():
+        def cublas_one(ws):
             return [F.linear(x, w) for w in ws]
 
-    row = {"shape": name, "bytes": nbytes, "cublas_ms": graph_time(cublas, reps)}
+    cublas = _rotating([lambda w=w: cublas_one(w) for w in wc])
+    row = {"shape": name, "bytes": nbytes, "weight_copies": copies}
+    row["cublas_ms"] = graph_time(cublas, reps)
     row["cublas_frac_copy"] = nbytes / row["cublas_ms"] / 1e6 / copy
     row["ours"] = []
     for cfg, fn in ours.items():
         try:
-            err = rel(fn(), want)
+            err = rel(fn(), want)  # a rotation's first call: copy 0, whose output `want` is
             ms = graph_time(fn, reps)
             row["ours"].append({"config": cfg, "ms": ms, "rel_err": err,
                                 "frac_copy": nbytes / ms / 1e6 / copy})  # fmt: skip
@@ -192,12 +217,15 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=200)
     parser.add_argument("--models", nargs="*", default=["recurrentgemma-2b", "gemma-2b"])
     parser.add_argument("--no-shapes", action="store_true", help="only the decode steps")
+    parser.add_argument(
+        "--cold", action="store_true", help="rotate each shape's weights through copies > L2"
+    )
     args = parser.parse_args()
     copy = copy_gbps()
     print(f"copy {copy:.0f} GB/s", flush=True)
-    doc = {"copy_gbps": copy, "device": torch.cuda.get_device_name()}
+    doc = {"copy_gbps": copy, "device": torch.cuda.get_device_name(), "cold": args.cold}
     if not args.no_shapes:
-        doc["shapes"] = shapes(args.reps, copy)
+        doc["shapes"] = shapes(args.reps, copy, args.cold)
         with open(args.out, "w") as f:
             json.dump(doc, f, indent=1)
     doc["decode"] = decode_steps(args.models, 60)
