@@ -146,7 +146,7 @@ def one_shape(name, k, ns, kind, reps, copy, g, cold: bool = False) -> dict:
     row["ours"] = []
     for cfg, fn in ours.items():
         try:
-            err = rel(fn(), want)  # a rotation's first call: copy 0, whose output `want` is
+            err = rel(fn(), want)  # a rotation's first call reads copy 0, the one `want` is of
             ms = graph_time(fn, reps)
             row["ours"].append({"config": cfg, "ms": ms, "rel_err": err,
                                 "frac_copy": nbytes / ms / 1e6 / copy})  # fmt: skip
