@@ -325,9 +325,9 @@ class StaticDecoder:
     cache writes and SDPA, which pads the step's one query per head to a prefill tile (147 us
     a layer at RecurrentGemma-2B shape, batch 16, on an H100; results/h100/NOTES.md).
 
-    `pdl` (with `gemv`; off by default: measured slower on the H100, see kernels.gemv): the
-    GEMVs launched with programmatic
-    dependent launch (kernels.gemv: each prefetches its weights into L2 before waiting for the
+    `pdl` (with `gemv`; off by default, see kernels.gemv: its first version measured slower on
+    the H100, the second is not yet measured): the GEMVs launched with programmatic dependent
+    launch (each prefetches the first tile of its weight rows into L2 before waiting for the
     kernel ahead of it).
 
     `gemv` (default: at batch 1 on CUDA): the step's matmuls as fused GEMVs (kernels.gemv, see
