@@ -27,6 +27,9 @@ without masks (a row mask only where N is not a multiple of BLOCK_N) and a tail 
 with masks. `gemv_gated_up` (the [2, K, N] form) loads [BLOCK_K, BLOCK_N] tiles of both halves
 (rows of BLOCK_N contiguous elements) and reduces over axis 0.
 
+Pallas's Triton lowering computes element offsets in int32, so an operand may hold at most
+2^31 - 1 elements (the logits' 256000 x 2560 embedding holds 655M): a larger one is a ValueError.
+
 Block sizes and Triton's num_warps / num_stages: `Config`, module defaults below, `config=` per
 call. On a CPU backend (or with GRIFFIN_BENCH_PALLAS_INTERPRET=1) the kernels run in Pallas's
 interpreter (kernels.pallas.default_interpret).
@@ -135,6 +138,19 @@ def _check_norm(norm, k: int):
         raise ValueError("norm must be (scale [K], eps)")
     if _shape(norm[0]) != [k]:
         raise ValueError(f"the norm's scale must be [{k}], got {_shape(norm[0])}")
+
+
+# The Pallas Triton lowering computes element offsets in int32: no operand may reach 2^31 elements.
+_MAX_ELEMENTS = (1 << 31) - 1
+
+
+def _check_size(arrays):
+    for a in arrays:
+        if math.prod(jnp.shape(a)) > _MAX_ELEMENTS:
+            raise ValueError(
+                f"an operand of {math.prod(jnp.shape(a))} elements {_shape(a)}: the Pallas Triton "
+                f"lowering indexes in int32 (at most {_MAX_ELEMENTS})"
+            )
 
 
 def _check_dtype(x, weights):
@@ -360,6 +376,7 @@ def gemv(x, weights, biases=None, residual=None, norm=None, cap=None, *, config=
     weights = list(weights)
     _check(x, weights, biases, residual, norm, cap)
     _check_dtype(x, weights)
+    _check_size([x, *weights])
     m, k = x.shape
     ns = tuple(int(w.shape[0]) for w in weights)
     if config is None:
@@ -450,6 +467,7 @@ def gemv_gated_up(x, w, b=None, norm=None, *, rows: bool = False, config=None, i
     [2, N] bias or None; norm: (scale [K], eps) as `gemv`."""
     _check_up(x, w, b, norm, rows)
     _check_dtype(x, [w])
+    _check_size([x, w])
     m, k = x.shape
     n = int(w.shape[1] if rows else w.shape[2])
     if config is None:

@@ -262,6 +262,8 @@ def test_input_errors():
         (lambda: G.gemv_gated_up(x, jnp.ones((2, 8, 5)), jnp.ones(5)), r"b must be \[2, 5\]"),
         (lambda: G.gemv_gated_up(x, jnp.ones((2, 8, 5)), config=G.Config(16, 12)), "powers"),
     ]
+    big = jax.ShapeDtypeStruct((1 << 20, 1 << 11), jnp.bfloat16)  # 2^31 elements, never made
+    cases.append((lambda: G.gemv(jnp.ones((1, 1 << 11), jnp.bfloat16), [big]), "int32"))
     for fn, match in cases:
         with pytest.raises(ValueError, match=match):
             fn()
