@@ -96,6 +96,27 @@ def test_prefill_then_decode_equals_reference_forward(name):
 
 
 @pytest.mark.parametrize(
+    "name,batch", [("griffin-tiny", 1), ("recurrentgemma-tiny", 2), ("gemma-tiny", 1)]
+)
+def test_decode_gemv_step_equals_reference_forward(name, batch):
+    """Model(decode_gemv=True): the decode step of Pallas GEMVs (kernels.gemv_jax, norms, biases,
+    residuals, gelu·mul and the soft cap fused) across resets and past the window, local and
+    global attention, one row and two."""
+    ref, _, params = models_for(name)
+    opt = models.jax.Model(config(name), impl="optimized", decode_gemv=True)
+    resets = {row: at for row, at in RESETS.items() if row < batch}
+    tokens, pos = data(batch, T, name, resets)
+    full = ref.forward(params, tokens, pos)
+    _, cache = opt.prefill(params, tokens[:, :PROMPT], pos[:, :PROMPT])
+    for t in range(PROMPT, T):
+        logits, cache = opt.decode(params, tokens[:, t : t + 1], pos[:, t : t + 1], cache)
+        assert logits.shape == (batch, 1, config(name).vocab_size)
+        assert rel_err(logits, full[:, t : t + 1]) <= TOL, f"decode step {t}"
+    with pytest.raises(ValueError, match="decode_gemv=True needs impl='optimized'"):
+        models.jax.Model(config(name), decode_gemv=True)
+
+
+@pytest.mark.parametrize(
     "name, t, resets, causal",
     [
         ("mqa-local-tiny", 9, None, True),  # t - 1 <= window (8), one document: plain causal

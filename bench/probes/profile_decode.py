@@ -77,14 +77,14 @@ def _torch(name: str, batch: int, prompt: int, out: Path | None) -> None:
     torch.cuda.empty_cache()
 
 
-def _jax(name: str, batch: int, prompt: int, out: Path | None) -> None:
+def _jax(name: str, batch: int, prompt: int, out: Path | None, gemv: bool = False) -> None:
     import jax
     import jax.numpy as jnp
 
     import models.jax
     from models.jax.optimized import copy_cache
 
-    jm = models.jax.Model(preset(name), impl="optimized")
+    jm = models.jax.Model(preset(name), impl="optimized", decode_gemv=gemv)
     params = jm.init(jax.random.PRNGKey(0), jnp.bfloat16)
     tokens = jax.random.randint(jax.random.PRNGKey(1), (batch, prompt), 0, jm.config.vocab_size)
     pos = jnp.broadcast_to(jnp.arange(prompt), (batch, prompt))
@@ -118,7 +118,8 @@ def _jax(name: str, batch: int, prompt: int, out: Path | None) -> None:
             line_start = entry.rfind("\n", 0, m.start()) + 1
             big_copies.append(entry[line_start : entry.find("\n", m.end())].strip()[:160])
     lines = [
-        f"== jax {name} batch={batch}: step {wall:.3f} ms pipelined, {synced:.3f} ms synced "
+        f"== jax{'+gemv' if gemv else ''} {name} batch={batch}: step {wall:.3f} ms pipelined, "
+        f"{synced:.3f} ms synced "
         f"per step; entry ops: " + ", ".join(f"{k} {v}" for k, v in ops.most_common(12)),
         f"large copies/transposes in the entry computation: {len(big_copies)}",
         *big_copies[:20],
@@ -126,8 +127,9 @@ def _jax(name: str, batch: int, prompt: int, out: Path | None) -> None:
     text = "\n".join(lines)
     print(text, flush=True)
     if out:
-        (out / f"jax-{name}-b{batch}.txt").write_text(text + "\n")
-        (out / f"jax-{name}-b{batch}.hlo.txt").write_text(hlo)
+        tag = "jax-gemv" if gemv else "jax"
+        (out / f"{tag}-{name}-b{batch}.txt").write_text(text + "\n")
+        (out / f"{tag}-{name}-b{batch}.hlo.txt").write_text(hlo)
 
 
 def main() -> None:
@@ -137,6 +139,10 @@ def main() -> None:
     parser.add_argument("--backend", choices=["torch", "jax", "both"], default="both")
     parser.add_argument("--prompt", type=int, default=2048)
     parser.add_argument("--out")
+    parser.add_argument(
+        "--jax-gemv", action="store_true",
+        help="JAX: also the step of Pallas GEMVs (Model(decode_gemv=True)) after the default one",
+    )  # fmt: skip
     args = parser.parse_args()
     out = Path(args.out) if args.out else None
     if out:
@@ -147,6 +153,8 @@ def main() -> None:
                 _torch(name, b, args.prompt, out)
             if args.backend in ("jax", "both"):
                 _jax(name, b, args.prompt, out)
+                if args.jax_gemv:
+                    _jax(name, b, args.prompt, out, gemv=True)
 
 
 if __name__ == "__main__":

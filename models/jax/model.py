@@ -135,14 +135,19 @@ class Model:
     impl="reference": plain jnp, functional (decode leaves its input cache intact).
     impl="optimized": the same params and function on models/jax/optimized.py; forward and
     prefill look once per call (on the host) whether each row holds one document, and decode
-    donates its input cache (consumed: see `decode`).
+    donates its input cache (consumed: see `decode`). decode_gemv=True (optimized only; off by
+    default until measured on a GPU): decode steps run optimized.decode_step_gemv, the matmuls as
+    kernels.gemv_jax GEMVs with the norms, biases, residuals and the MLP's gelu·mul fused.
     """
 
-    def __init__(self, cfg: ModelConfig, impl: str = "reference"):
+    def __init__(self, cfg: ModelConfig, impl: str = "reference", *, decode_gemv: bool = False):
         if impl not in IMPLS:
             raise ValueError(f"unknown impl {impl!r}; valid impls: {', '.join(IMPLS)}")
+        if decode_gemv and impl != "optimized":
+            raise ValueError("decode_gemv=True needs impl='optimized'")
         self.config = cfg
         self.impl = impl
+        self.decode_gemv = bool(decode_gemv)
         if impl == "optimized":
             self._init_optimized(cfg)
             return
@@ -183,12 +188,15 @@ class Model:
         self._prefill = lambda params, tokens, seg, logits: prefill(
             params, tokens, seg, logits, one_document(seg)
         )
-        self._decode = jax.jit(
-            lambda params, tokens, seg, cache_blocks, length: opt(
-                params, tokens, seg, cache_blocks, length, True
-            ),
-            donate_argnums=3,  # the cache: updated in place where the backend can
-        )
+        if self.decode_gemv:
+            step = partial(optimized.decode_step_gemv, cfg)
+        else:
+
+            def step(params, tokens, seg, cache_blocks, length):
+                return opt(params, tokens, seg, cache_blocks, length, True)
+
+        # the cache (argument 3) donated: updated in place where the backend can
+        self._decode = jax.jit(step, donate_argnums=3)
 
     def init(self, key, dtype=jnp.float32) -> dict:
         """Random parameters (a pytree) with the official initialisation."""

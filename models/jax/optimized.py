@@ -37,7 +37,7 @@ from jax import lax
 
 from kernels import pallas
 from kernels.rglru_jax import rg_lru_gates
-from models.config import ModelConfig
+from models.config import RECURRENT, ModelConfig
 from models.jax import layers
 
 ATTENTION_ENV = "GRIFFIN_BENCH_JAX_ATTENTION"
@@ -239,3 +239,81 @@ def check_cache(cfg: ModelConfig, cache) -> None:
 def copy_cache(cache):
     """A copy of a Cache with fresh buffers (the optimized decode consumes its input cache)."""
     return jax.tree_util.tree_map(jnp.copy, cache)
+
+
+# ----------------------------------------------------------------------------- decode step of GEMVs
+
+
+def decode_step_gemv(cfg: ModelConfig, params, tokens, segment_pos, cache_blocks, length):
+    """One decode step (tokens [b, 1]) with the matmuls as kernels.gemv_jax GEMVs: per block, the
+    norm and the projections that read its input in one launch, the mixing as in
+    `recurrent_block` / `attention_block` (the Conv1D and RG-LRU step; RoPE, the cache write and
+    the attention over the ring), the out-projection + residual, the norm + gated up-projection +
+    gelu·mul, the down-projection + residual; the logits as norm + GEMV + soft cap. The JAX twin
+    of the torch StaticDecoder's batch-1 step (models.torch.optimized); Model(decode_gemv=True)
+    selects it. Returns (logits [b, 1, v], new cache blocks), as `run(..., impl="optimized")`."""
+    from kernels import gemv_jax
+    from kernels.conv1d_jax import conv1d_ref
+    from models.jax.blocks import RecurrentCache
+    from models.jax.model import embed
+
+    def bias(p):
+        return p.get("bias")
+
+    eps = cfg.norm_eps
+    x = embed(cfg, params, tokens)[:, 0]  # [b, d]
+    b = x.shape[0]
+    new_blocks = []
+    for kind, p, c in zip(cfg.block_types, params["blocks"], cache_blocks, strict=True):
+        pre = (p["temporal_pre_norm"]["scale"], eps)
+        if kind == RECURRENT:
+            tb = p["recurrent_block"]
+            lins = (tb["linear_y"], tb["linear_x"])
+            y, xb = gemv_jax.gemv(x, [q["weight"] for q in lins], [bias(q) for q in lins], norm=pre)
+            xb, conv_state = conv1d_ref(
+                xb[:, None], tb["conv_1d"]["w"], tb["conv_1d"]["b"], segment_pos, c.conv
+            )
+            lru = tb["rg_lru"]
+            xb, h_last = rg_lru(
+                xb,
+                layers.block_diagonal_linear(lru["input_gate"], xb),
+                layers.block_diagonal_linear(lru["a_gate"], xb),
+                lru["a_param"],
+                segment_pos,
+                c.rg_lru,
+            )
+            mixed = xb[:, 0] * layers.gelu(y)
+            out_p, c = tb["linear_out"], RecurrentCache(h_last, conv_state)
+        else:
+            tb = p["attention_block"]
+            lins = (tb["proj_q"], tb["proj_k"], tb["proj_v"])
+            q, k, v = gemv_jax.gemv(
+                x, [q["weight"] for q in lins], [bias(q) for q in lins], norm=pre
+            )
+            q = layers.apply_rope(
+                q.reshape(b, 1, cfg.num_heads, cfg.head_dim), segment_pos, cfg.rope_dims,
+                cfg.rope_base,
+            )  # fmt: skip
+            k = layers.apply_rope(k[:, None, None], segment_pos, cfg.rope_dims, cfg.rope_base)
+            q_pos = jnp.reshape(length, (1,)).astype(jnp.int32)
+            reset_at = jnp.where(segment_pos == 0, q_pos, -1)  # [b, 1]
+            doc_start = jnp.maximum(c.doc_start[:, None], reset_at)
+            c = _write(cfg, c, k[:, :, 0], v[:, None], length, doc_start[:, -1])
+            out = layers.attend(q, c.k, c.v, q_pos, c.pos, doc_start, cfg.attention_window)
+            mixed, out_p = out[:, 0], tb["proj_final"]
+        (residual,) = gemv_jax.gemv(mixed, [out_p["weight"]], [bias(out_p)], residual=x)
+        mlp = p["mlp_block"]
+        z = gemv_jax.gemv_gated_up(
+            residual, mlp["ffw_up"]["w"], mlp["ffw_up"].get("b"),
+            (p["channel_pre_norm"]["scale"], eps),
+        )  # fmt: skip
+        down = mlp["ffw_down"]
+        (x,) = gemv_jax.gemv(z, [down["weight"]], [bias(down)], residual=residual)
+        new_blocks.append(c)
+    (logits,) = gemv_jax.gemv(
+        x,
+        [params["embedder"]["input_embedding"]],
+        norm=(params["final_norm"]["scale"], eps),
+        cap=cfg.logits_soft_cap or None,
+    )
+    return logits[:, None], new_blocks
