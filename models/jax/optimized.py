@@ -18,6 +18,10 @@ functions, different ops. Mirrors models/torch/optimized.py; models/jax/blocks.p
   query's own, so nothing is concatenated per step), global attention the reference's buffer that
   doubles when full (`blocks.grow`, outside jit).
 
+- `decode_step_gemv` (Model(decode_gemv=True), off by default until measured): the decode step
+  with its matmuls as Pallas GEMVs (kernels.gemv_jax) and their norms, biases, residuals and the
+  MLP's gelu·mul fused in, as the torch StaticDecoder's batch-1 step.
+
 Decode is jitted with the cache donated (`donate_argnums`): on a GPU the new cache reuses the old
 one's buffers (in-place updates), and on every backend the input Cache is consumed: its arrays are
 deleted and must not be used again. `copy_cache` first to decode twice from the same point.
