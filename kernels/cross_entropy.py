@@ -13,7 +13,7 @@ logits. In torch ops that is about a dozen float32 passes over the chunk (the up
 div, tanh and multiply, logsumexp's passes, the subtract and exp, 1 - t^2 in three ops, the
 product, the division, the downcast): about 54 GB of traffic for a 2048 x 256k chunk, 150 ms of
 RecurrentGemma-2B's 700 ms training step at B=8 in the profile
-(results/h100/probes/profile-train-*). The kernel reads the logits twice (one program per row: an
+(results/h100/probes/session6/profile-train-b8/). The kernel reads the logits twice (one program per row: an
 online logsumexp, then the gradient) and writes the gradient once over them: 3 bytes moved per
 logit byte instead of ~27. Measured on the H100 (results/h100/NOTES.md, session 6): 1.68 ms a
 chunk, and RG-2B's B=8 step went from 53.3% MFU to 563.5 ms, 69.1%.
