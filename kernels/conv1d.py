@@ -326,6 +326,26 @@ def conv1d(
 
 
 @triton.jit
+def conv_step_tile(x, offs, mask, w_ptr, b_ptr, state_ptr, reset, D, W: tl.constexpr):
+    """The Conv1D decode step on one tile of channels `offs` (< D where `mask`): x float32, this
+    token's inputs; state_ptr: this row's [W-1, D] state, shifted in place (cut first where
+    `reset`), x appended. Returns the float32 outputs. Shared by _conv_step_kernel and the GEMV's
+    Conv1D epilogue (kernels.gemv)."""
+    acc = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    acc += x * tl.load(w_ptr + (W - 1) * D + offs, mask=mask, other=0.0).to(tl.float32)
+    row = state_ptr + offs
+    for j in tl.static_range(W - 1):  # row j holds x_{t-(W-1)+j}: row j moves to j - 1
+        s = tl.load(row + j * D, mask=mask, other=0.0).to(tl.float32)
+        s = tl.where(reset, 0.0, s)
+        acc += s * tl.load(w_ptr + j * D + offs, mask=mask, other=0.0).to(tl.float32)
+        if j > 0:  # row j - 1 was read in the previous iteration
+            tl.store(row + (j - 1) * D, s.to(state_ptr.dtype.element_ty), mask=mask)
+    if W > 1:
+        tl.store(row + (W - 2) * D, x.to(state_ptr.dtype.element_ty), mask=mask)
+    return acc
+
+
+@triton.jit
 def _conv_step_kernel(
     x_ptr, w_ptr, b_ptr, state_ptr, reset_ptr, y_ptr,
     D,
@@ -336,17 +356,8 @@ def _conv_step_kernel(
     mask = offs_d < D
     reset = tl.load(reset_ptr + pid_b) != 0
     x = tl.load(x_ptr + pid_b * D + offs_d, mask=mask, other=0.0).to(tl.float32)
-    acc = tl.load(b_ptr + offs_d, mask=mask, other=0.0).to(tl.float32)
-    acc += x * tl.load(w_ptr + (W - 1) * D + offs_d, mask=mask, other=0.0).to(tl.float32)
-    row = state_ptr + pid_b * (W - 1) * D + offs_d
-    for j in tl.static_range(W - 1):  # row j holds x_{t-(W-1)+j}: row j moves to j - 1
-        s = tl.load(row + j * D, mask=mask, other=0.0).to(tl.float32)
-        s = tl.where(reset, 0.0, s)
-        acc += s * tl.load(w_ptr + j * D + offs_d, mask=mask, other=0.0).to(tl.float32)
-        if j > 0:  # row j - 1 was read in the previous iteration
-            tl.store(row + (j - 1) * D, s.to(state_ptr.dtype.element_ty), mask=mask)
-    if W > 1:
-        tl.store(row + (W - 2) * D, x.to(state_ptr.dtype.element_ty), mask=mask)
+    acc = conv_step_tile(x, offs_d, mask, w_ptr, b_ptr, state_ptr + pid_b * (W - 1) * D, reset,
+                         D, W)  # fmt: skip
     tl.store(y_ptr + pid_b * D + offs_d, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels._triton import INTERPRET, tl, triton
+from kernels.conv1d import conv1d_step_ref, conv_step_tile
 from kernels.fused import _SQRT_2_OVER_PI, _tanh, gelu_mul_ref, rms_norm_ref
 
 # Programmatic dependent launch (`pdl=True`, Hopper): the kernel is launched so that it may start
@@ -137,8 +138,6 @@ def gemv_ref(x, weights, biases=None, residual=None, norm=None, cap=None, conv=N
             y = y + residual
         out.append(y)
     if conv is not None:
-        from kernels.conv1d import conv1d_step_ref
-
         out[-1] = conv1d_step_ref(out[-1], *conv)
     return out
 
@@ -188,22 +187,11 @@ def _rows_dot(x_ptr, s_ptr, w_ptr, rows, N, K, NORM: tl.constexpr, BLOCK_N: tl.c
 
 @triton.jit
 def _conv_step(y, rows, rmask, N, m, cw_ptr, cb_ptr, cs_ptr, reset_ptr, out_ty, W: tl.constexpr):
-    """The Conv1D decode step (kernels.conv1d._conv_step_kernel) on the GEMV's outputs: the rows
-    of this program are its channels, so no other program reads or writes their state."""
+    """The Conv1D decode step (kernels.conv1d.conv_step_tile) on the GEMV's outputs: the rows of
+    this program are its channels, so no other program reads or writes their state."""
     xv = y.to(out_ty).to(tl.float32)  # the projection's output as the model rounds it
     reset = tl.load(reset_ptr + m) != 0
-    acc = tl.load(cb_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
-    acc += xv * tl.load(cw_ptr + (W - 1) * N + rows, mask=rmask, other=0.0).to(tl.float32)
-    st = cs_ptr + m * (W - 1) * N + rows
-    for j in tl.static_range(W - 1):  # row j holds x_{t-(W-1)+j}: row j moves to j - 1
-        s = tl.load(st + j * N, mask=rmask, other=0.0).to(tl.float32)
-        s = tl.where(reset, 0.0, s)
-        acc += s * tl.load(cw_ptr + j * N + rows, mask=rmask, other=0.0).to(tl.float32)
-        if j > 0:  # row j - 1 was read in the previous iteration
-            tl.store(st + (j - 1) * N, s.to(cs_ptr.dtype.element_ty), mask=rmask)
-    if W > 1:
-        tl.store(st + (W - 2) * N, xv.to(cs_ptr.dtype.element_ty), mask=rmask)
-    return acc
+    return conv_step_tile(xv, rows, rmask, cw_ptr, cb_ptr, cs_ptr + m * (W - 1) * N, reset, N, W)
 
 
 @triton.jit
