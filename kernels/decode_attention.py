@@ -236,6 +236,15 @@ def _combine_kernel(acc_ptr, ml_ptr, o_ptr, N, H, SPLITS,
     tl.store(o_ptr + (b * N + n) * H + hs, out.to(o_ptr.dtype.element_ty), mask=hs < H)
 
 
+# The combine: a program per (row, head, COMBINE_CHANNELS channels), adding COMBINE_SPLITS
+# splits' partials a load. (One program per (row, head), 16 splits a load, left 124 SMs idle at
+# batch 1 while 8 programs walked 66 KB of partials each: 7.4 us a layer in the H100 profile;
+# with these, split + combine at batch 1 went 11.9 -> 6.7 us and Gemma-2B's step 2.318 -> 2.224
+# ms on the H100, results/h100/NOTES.md, session 6.) The tests lower both to cross their bounds.
+COMBINE_CHANNELS = 64
+COMBINE_SPLITS = 128
+
+
 def _plan(b: int, s: int, sms: int) -> tuple[int, int, int]:
     """(slots per block, splits, slots per split): about two programs per SM over the batch,
     whole blocks each; 32-slot blocks when 64-slot ones would leave SMs idle (batch 1: 65
@@ -294,14 +303,11 @@ def mqa_decode(q, k, v, mask, scale: float | None = None, new=None, rope=None):
         num_warps=4,
         num_stages=2,  # at most two 64 x 256 key + value tiles in flight: 128 KB of shared memory
     )  # fmt: skip
-    # The combine split over channel chunks too (8 programs at batch 1 left 124 SMs idle while
-    # each walked its 66 KB of partials in sequential groups: 7.4 us a layer in the profile).
-    # Measured: split + combine at batch 1 11.9 -> 6.7 us, Gemma-2B's step 2.318 -> 2.224 ms.
     bsp = triton.next_power_of_2(splits)
-    bhc = min(bh, 64 if not INTERPRET else 8)  # the interpreter: several chunks in the tests
+    bhc = min(bh, COMBINE_CHANNELS)
     _combine_kernel[(b, n, triton.cdiv(h, bhc))](
         acc, ml, out, n, h, splits, BLOCK_N=bn, BLOCK_H=bh, BLOCK_HC=bhc,
-        BLOCK_SPLITS=bsp, COMBINE=min(bsp, 128 if not INTERPRET else 16), num_warps=4,
+        BLOCK_SPLITS=bsp, COMBINE=min(bsp, COMBINE_SPLITS), num_warps=4,
     )  # fmt: skip
     return out
 

@@ -426,13 +426,15 @@ def test_linear_scan_chained_forward(shape, dtype, inclusive):
 )  # fmt: skip
 def test_mqa_decode(b, n, s, h, sms, dtype, monkeypatch):
     """Slots split across programs (32- or 64-slot blocks, a last split part-full; with `sms`
-    SMs, 1500 slots make 47 splits, combined 16 at a time; the interpreter combines 8 channels a
-    program, so h = 24 and 32 take several); a mask with holes, a row whose first
+    SMs, 1500 slots make 47 splits, combined 16 at a time; 8 channels a combine program, so h = 24
+    and 32 take several); a mask with holes, a row whose first
     split is wholly masked (a split that saw nothing), a row that sees one slot; head sizes not a
     power of two."""
     import kernels.decode_attention as da
 
     monkeypatch.setattr(da, "_sm_count", lambda device: sms)
+    monkeypatch.setattr(da, "COMBINE_SPLITS", 16)
+    monkeypatch.setattr(da, "COMBINE_CHANNELS", 8)
     block, splits, _ = da._plan(b, s, sms)
     assert (block, splits) == {150: (32, 5), 64: (32, 2), 200: (32, 7), 300: (64, 5),
                                1500: (32, 47)}[s]  # fmt: skip
