@@ -66,7 +66,16 @@ def recurrent_block(
     function with rg_lru_ref's signature (the optimized path passes its own)."""
     del cfg, length
     y = layers.gelu(layers.linear(p["linear_y"], x))
-    xb = layers.linear(p["linear_x"], x)
+    mixed, new_cache = recurrent_mix(
+        p, layers.linear(p["linear_x"], x), y, segment_pos, cache, rg_lru
+    )
+    out = layers.linear(p["linear_out"], mixed)
+    return out, new_cache if return_cache else None
+
+
+def recurrent_mix(p: dict, xb, y, segment_pos, cache, rg_lru=rg_lru_ref):
+    """The recurrent block between its projections: RG-LRU(Conv1D(xb)) * y (xb = linear_x(x),
+    y = gelu(linear_y(x)), [b, t, e]) and the new RecurrentCache."""
     xb, conv_state = conv1d_ref(
         xb, p["conv_1d"]["w"], p["conv_1d"]["b"], segment_pos, None if cache is None else cache.conv
     )
@@ -79,8 +88,7 @@ def recurrent_block(
         segment_pos,
         None if cache is None else cache.rg_lru,
     )
-    out = layers.linear(p["linear_out"], xb * y)
-    return out, RecurrentCache(h_last, conv_state) if return_cache else None
+    return xb * y, RecurrentCache(h_last, conv_state)
 
 
 def init_attention_block(key, cfg: ModelConfig, dtype) -> dict:
@@ -99,23 +107,35 @@ def init_attention_block(key, cfg: ModelConfig, dtype) -> dict:
 
 def project(cfg: ModelConfig, p: dict, x, segment_pos):
     """q [b, t, n, h] and the one key/value head k, v [b, t, h], RoPE at segment_pos."""
-    b, t, _ = x.shape
-    q = layers.linear(p["proj_q"], x).reshape(b, t, cfg.num_heads, cfg.head_dim)
-    k = layers.linear(p["proj_k"], x)[:, :, None]
-    q = layers.apply_rope(q, segment_pos, cfg.rope_dims, cfg.rope_base)
-    k = layers.apply_rope(k, segment_pos, cfg.rope_dims, cfg.rope_base)[:, :, 0]
+    q, k = rotate(cfg, layers.linear(p["proj_q"], x), layers.linear(p["proj_k"], x), segment_pos)
     return q, k, layers.linear(p["proj_v"], x)
+
+
+def rotate(cfg: ModelConfig, q, k, segment_pos):
+    """The projections q [b, t, n * h], k [b, t, h] -> q [b, t, n, h], k [b, t, h], with RoPE."""
+    b, t, _ = q.shape
+    q = layers.apply_rope(
+        q.reshape(b, t, cfg.num_heads, cfg.head_dim), segment_pos, cfg.rope_dims, cfg.rope_base
+    )
+    k = layers.apply_rope(k[:, :, None], segment_pos, cfg.rope_dims, cfg.rope_base)[:, :, 0]
+    return q, k
+
+
+def doc_positions(segment_pos, cache, length):
+    """The chunk's stream indices q_pos [t] (after `length` tokens) and each token's document
+    start doc_start [b, t] (carried over from the cache, moved by every segment_pos == 0)."""
+    b, t = segment_pos.shape
+    q_pos = length + jnp.arange(t, dtype=jnp.int32)
+    prev_start = jnp.zeros((b,), jnp.int32) if cache is None else cache.doc_start
+    reset_at = jnp.where(segment_pos == 0, q_pos, -1)
+    return q_pos, jnp.maximum(prev_start[:, None], jax.lax.cummax(reset_at, axis=1))
 
 
 def attention_block(cfg: ModelConfig, p: dict, x, segment_pos, cache, length, return_cache: bool):
     """Multi-query attention with RoPE, local or global; x: [b, t, d] after `length` tokens."""
     b, t, _ = x.shape
     q, k, v = project(cfg, p, x, segment_pos)
-
-    q_pos = length + jnp.arange(t, dtype=jnp.int32)
-    prev_start = jnp.zeros((b,), jnp.int32) if cache is None else cache.doc_start
-    reset_at = jnp.where(segment_pos == 0, q_pos, -1)
-    doc_start = jnp.maximum(prev_start[:, None], jax.lax.cummax(reset_at, axis=1))
+    q_pos, doc_start = doc_positions(segment_pos, cache, length)
 
     if cache is None:
         keys, values, k_pos = k, v, q_pos

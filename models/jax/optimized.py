@@ -200,15 +200,10 @@ def attention_block(
     b, t, _ = x.shape
     q, k, v = blocks.project(cfg, p, x, segment_pos)
     window = cfg.attention_window
+    q_pos, doc_start = blocks.doc_positions(segment_pos, cache, length)
 
-    q_pos = length + jnp.arange(t, dtype=jnp.int32)
-    prev_start = jnp.zeros((b,), jnp.int32) if cache is None else cache.doc_start
-    reset_at = jnp.where(segment_pos == 0, q_pos, -1)
-    doc_start = jnp.maximum(prev_start[:, None], lax.cummax(reset_at, axis=1))
-
-    if cache is not None and t == 1:  # decode: write first, then attend over the whole buffer
-        cache = _write(cfg, cache, k, v, length, doc_start[:, -1])
-        out = layers.attend(q, cache.k, cache.v, q_pos, cache.pos, doc_start, window)
+    if cache is not None and t == 1:
+        out, cache = _attend_step(cfg, cache, q, k, v, q_pos, doc_start, length)
         return layers.linear(p["proj_final"], out), cache if return_cache else None
     if cache is None and one_document:
         out = causal_attention(q, k, v, window)
@@ -225,6 +220,14 @@ def attention_block(
     if cache is None:
         cache = empty_attention_cache(cfg, b, t, x.dtype)
     return out, _write(cfg, cache, k, v, length, doc_start[:, -1])
+
+
+def _attend_step(cfg: ModelConfig, cache, q, k, v, q_pos, doc_start, length):
+    """A decode step's attention: write k, v [b, 1, h] first, then attend over the whole buffer.
+    Returns (out [b, 1, n * h], the new cache)."""
+    cache = _write(cfg, cache, k, v, length, doc_start[:, -1])
+    out = layers.attend(q, cache.k, cache.v, q_pos, cache.pos, doc_start, cfg.attention_window)
+    return out, cache
 
 
 def check_cache(cfg: ModelConfig, cache) -> None:
@@ -257,8 +260,7 @@ def decode_step_gemv(cfg: ModelConfig, params, tokens, segment_pos, cache_blocks
     of the torch StaticDecoder's batch-1 step (models.torch.optimized); Model(decode_gemv=True)
     selects it. Returns (logits [b, 1, v], new cache blocks), as `run(..., impl="optimized")`."""
     from kernels import gemv_jax
-    from kernels.conv1d_jax import conv1d_ref
-    from models.jax.blocks import RecurrentCache
+    from models.jax import blocks
     from models.jax.model import embed
 
     def bias(p):
@@ -266,7 +268,6 @@ def decode_step_gemv(cfg: ModelConfig, params, tokens, segment_pos, cache_blocks
 
     eps = cfg.norm_eps
     x = embed(cfg, params, tokens)[:, 0]  # [b, d]
-    b = x.shape[0]
     new_blocks = []
     for kind, p, c in zip(cfg.block_types, params["blocks"], cache_blocks, strict=True):
         pre = (p["temporal_pre_norm"]["scale"], eps)
@@ -274,36 +275,19 @@ def decode_step_gemv(cfg: ModelConfig, params, tokens, segment_pos, cache_blocks
             tb = p["recurrent_block"]
             lins = (tb["linear_y"], tb["linear_x"])
             y, xb = gemv_jax.gemv(x, [q["weight"] for q in lins], [bias(q) for q in lins], norm=pre)
-            xb, conv_state = conv1d_ref(
-                xb[:, None], tb["conv_1d"]["w"], tb["conv_1d"]["b"], segment_pos, c.conv
+            mixed, c = blocks.recurrent_mix(
+                tb, xb[:, None], layers.gelu(y)[:, None], segment_pos, c, rg_lru
             )
-            lru = tb["rg_lru"]
-            xb, h_last = rg_lru(
-                xb,
-                layers.block_diagonal_linear(lru["input_gate"], xb),
-                layers.block_diagonal_linear(lru["a_gate"], xb),
-                lru["a_param"],
-                segment_pos,
-                c.rg_lru,
-            )
-            mixed = xb[:, 0] * layers.gelu(y)
-            out_p, c = tb["linear_out"], RecurrentCache(h_last, conv_state)
+            mixed, out_p = mixed[:, 0], tb["linear_out"]
         else:
             tb = p["attention_block"]
             lins = (tb["proj_q"], tb["proj_k"], tb["proj_v"])
             q, k, v = gemv_jax.gemv(
                 x, [q["weight"] for q in lins], [bias(q) for q in lins], norm=pre
             )
-            q = layers.apply_rope(
-                q.reshape(b, 1, cfg.num_heads, cfg.head_dim), segment_pos, cfg.rope_dims,
-                cfg.rope_base,
-            )  # fmt: skip
-            k = layers.apply_rope(k[:, None, None], segment_pos, cfg.rope_dims, cfg.rope_base)
-            q_pos = jnp.reshape(length, (1,)).astype(jnp.int32)
-            reset_at = jnp.where(segment_pos == 0, q_pos, -1)  # [b, 1]
-            doc_start = jnp.maximum(c.doc_start[:, None], reset_at)
-            c = _write(cfg, c, k[:, :, 0], v[:, None], length, doc_start[:, -1])
-            out = layers.attend(q, c.k, c.v, q_pos, c.pos, doc_start, cfg.attention_window)
+            q, k = blocks.rotate(cfg, q[:, None], k[:, None], segment_pos)
+            q_pos, doc_start = blocks.doc_positions(segment_pos, c, length)
+            out, c = _attend_step(cfg, c, q, k, v[:, None], q_pos, doc_start, length)
             mixed, out_p = out[:, 0], tb["proj_final"]
         (residual,) = gemv_jax.gemv(mixed, [out_p["weight"]], [bias(out_p)], residual=x)
         mlp = p["mlp_block"]
