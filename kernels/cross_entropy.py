@@ -9,11 +9,12 @@ scale * sum_i loss_rows[i] with respect to l: scale * (softmax(z) - onehot(targe
 dz/dl = 1 - tanh(l / cap)^2, in the logits' dtype.
 
 The training loss (models.torch.optimized.chunked_loss) runs this on each chunk of [tokens, vocab]
-logits. In torch ops that is about a dozen float32 passes over the chunk (the upcast, the cap's
+logits. In torch ops that was about a dozen float32 passes over the chunk (the upcast, the cap's
 div, tanh and multiply, logsumexp's passes, the subtract and exp, 1 - t^2 in three ops, the
-product, the division, the downcast): about 54 GB of traffic for a 2048 x 256k chunk, 150 ms of
-RecurrentGemma-2B's 700 ms training step at B=8 in the profile
-(results/h100/probes/session6/profile-train-b8/). The kernel reads the logits twice (one program per row: an
+product, the division, the downcast): by count about 54 GB of traffic for a 2048 x 256k chunk.
+In the H100 profile of RecurrentGemma-2B's 699 ms training step at B=8 the loss took 258 ms,
+its matmuls included, logsumexp alone 72 ms (results/h100/probes/session6/profile-train-b8/).
+The kernel reads the logits twice (one program per row: an
 online logsumexp, then the gradient) and writes the gradient once over them: 3 bytes moved per
 logit byte instead of ~27. Measured on the H100 (results/h100/NOTES.md, session 6): 1.68 ms a
 chunk, and RG-2B's B=8 step went from 53.3% MFU to 563.5 ms, 69.1%.

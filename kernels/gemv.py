@@ -37,8 +37,8 @@ from kernels.fused import _SQRT_2_OVER_PI, _tanh, gelu_mul_ref, rms_norm_ref
 # once their own weight loop is done. Meant to hide each GEMV's ramp and tail in a chain of them.
 # The first version (whole rows prefetched, the next kernel let in at once) made the H100 decode
 # step slower (RG-2B 2.675 -> 3.148 ms, Gemma-2B 2.314 -> 2.742 ms; results/h100/NOTES.md,
-# session 6): a waiting kernel's prefetch of its whole weight (up to 79 MB) competed with the
-# running one's stream and overran L2. This version is not yet measured, so pdl stays off by
+# session 6), not profiled; the likely cause, a waiting kernel's prefetch of its whole weight (up
+# to 79 MB) competing with the running one's stream and overrunning L2. This version is not yet measured, so pdl stays off by
 # default. Triton's interpreter has no griddepcontrol: there pdl is ignored.
 
 

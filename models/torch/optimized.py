@@ -461,8 +461,9 @@ class StaticDecoder:
         projections that read its input (one launch), the mixing, out-projection + residual,
         norm + gated up-projection + gelu·mul, down-projection + residual; the logits as norm +
         GEMV + soft cap. A recurrent block's Conv1D step is the epilogue of its x/y GEMV (the
-        GEMV program that computes a channel also convolves it and shifts its state: as plain
-        ops Inductor made five kernels of it, ~6 us a layer in the H100 profile), and one kernel
+        GEMV program that computes a channel also convolves it and shifts its state; as plain
+        ops, the H100 profile showed about five small Inductor kernels around it, ~6 us a
+        recurrent layer), and one kernel
         does the gates, the RG-LRU step and gelu·mul (kernels.recurrent_step); attention's
         mixing is the same as the compiled step's."""
         from kernels.gemv import gemv_conv_op, gemv_gated_up_op, gemv_op
