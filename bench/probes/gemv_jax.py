@@ -66,29 +66,6 @@ MAX_REL_ERR = 2e-2  # bf16 outputs against the float32 reference
 EPS = 1e-6
 
 
-def copy_gbps() -> tuple[float, str]:
-    """bench.ceilings' copy bandwidth (torch, as bench/probes/gemv.py), before JAX takes the GPU;
-    if torch cannot run it, a 1 GiB elementwise copy in JAX (read + write bytes)."""
-    try:
-        from bench.ceilings import measure
-
-        return measure("cuda")["copy_gbps"], "bench.ceilings (torch)"
-    except Exception as exc:
-        print(f"bench.ceilings failed ({type(exc).__name__}: {str(exc)[:200]}); JAX copy instead")
-    import jax
-    import jax.numpy as jnp
-
-    src = jnp.ones((1 << 28,), jnp.float32)  # 1 GiB
-    f = jax.jit(lambda a: a + 1.0)
-    jax.block_until_ready(f(src))
-    times = []
-    for _ in range(20):
-        t = time.perf_counter()
-        jax.block_until_ready(f(src))
-        times.append(time.perf_counter() - t)
-    return 2 * src.nbytes / statistics.median(times) / 1e9, "jax elementwise copy"
-
-
 def timed(fn, args, reps: int, rounds: int) -> float:
     """ms per call: `fn(*args)` makes `reps` calls; median of `rounds` after a warm-up."""
     import jax
@@ -272,7 +249,9 @@ def main(argv=None) -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if "dot-merger" not in flags:  # before JAX starts its backend (see the module docstring)
         os.environ["XLA_FLAGS"] = f"{flags} --xla_disable_hlo_passes=dot-merger".strip()
-    copy, copy_method = copy_gbps()
+    from bench.probes.gemv import copy_gbps  # the harness's copy ceiling, before JAX takes the GPU
+
+    copy, copy_method = copy_gbps(), "bench.ceilings"
     import jax
 
     if jax.default_backend() != "gpu":
