@@ -45,6 +45,15 @@ def rel(out, ref) -> float:
     return float((out - ref).norm() / denom) if denom > 0 else float(out.norm())
 
 
+def randn_fn(g, dtype):
+    """t(*shape, scale=1.0): standard normals from generator g, times scale, as dtype on DEVICE."""
+
+    def t(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(DEVICE, dtype)
+
+    return t
+
+
 def leaf(*shape, dtype, scale=1.0, positive=False):
     x = torch.rand(*shape) if positive else torch.randn(*shape) * scale
     return x.to(DEVICE, dtype).requires_grad_()
@@ -117,8 +126,7 @@ def test_gemv_conv_step(ns, dtype):
     one (its old state is cut)."""
     g = torch.Generator().manual_seed(sum(ns))
 
-    def t(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g) * scale).to(DEVICE, dtype)
+    t = randn_fn(g, dtype)
 
     k, n = 70, ns[-1]
     x, ws, norm = t(2, k, scale=3.0), [t(m, k, scale=k**-0.5) for m in ns], (t(k, scale=0.5), 1e-6)
@@ -380,8 +388,7 @@ def test_gemv(k, ns, fused, dtype):
     three weights in one launch, each with or without a bias; two rows of x."""
     g = torch.Generator().manual_seed(k)
 
-    def t(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g) * scale).to(DEVICE, dtype)
+    t = randn_fn(g, dtype)
 
     x, ws = t(2, k, scale=3.0), [t(n, k, scale=k**-0.5) for n in ns]
     biases = [t(n) if i % 2 == 0 else None for i, n in enumerate(ns)] if "bias" in fused else None
@@ -519,8 +526,7 @@ def test_mqa_decode_input_errors():
 def test_gemv_gated_up(k, n, fused, dtype):
     g = torch.Generator().manual_seed(n)
 
-    def t(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g) * scale).to(DEVICE, dtype)
+    t = randn_fn(g, dtype)
 
     x, w = t(2, k, scale=3.0), t(2, k, n, scale=k**-0.5)
     b = t(2, n) if "bias" in fused else None
@@ -541,8 +547,7 @@ def test_rg_lru_gated_step(heads, e, dtype):
     the middle row, h updated in place as the ref updates it."""
     g = torch.Generator().manual_seed(e)
 
-    def t(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g) * scale).to(DEVICE, dtype)
+    t = randn_fn(g, dtype)
 
     d = heads * e
     args = [t(3, d), t(3, d, scale=2.0), t(heads, e, e, scale=e**-0.5), t(heads, e),
