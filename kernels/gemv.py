@@ -268,7 +268,15 @@ def _gemv_kernel(x_ptr, s_ptr, r_ptr,
 _TILE = 4096
 
 
-def _block_n(n_rows: int) -> int:
+def _block_n(n_rows: int, norm: bool) -> int:
+    """Rows per program. With the norm fused, every program also reads x whole and sums its
+    squares, so fewer, wider programs pay: in the decode step's regime (weights cold in L2,
+    `probes.gemv --cold`, H100, results/h100/probes/session7) 8 rows x 512 took RG-2B's x/y
+    GEMV from 13.6 to 11.2 us, its qkv from 9.9 to 8.4 and Gemma's from 7.3 to 6.6, the logits
+    426 -> 421 us; without the norm (out- and down-projections) 4 x 1024 stays best (8 x 512
+    took the out-projection from 7.4 to 13.3 us)."""
+    if norm:
+        return 8
     return 4 if n_rows <= 8192 else 16
 
 
@@ -289,7 +297,7 @@ def gemv(
     x = x.contiguous()
     m, k = x.shape
     n_rows = sum(w.shape[0] for w in weights)
-    bn = _block_n(n_rows)
+    bn = _block_n(n_rows, norm is not None)
     bk, warps = min(_TILE // bn, triton.next_power_of_2(k)), 4
     if config is not None:
         bn, bk, warps = config
@@ -413,8 +421,11 @@ def gemv_gated_up(x, w, b=None, norm=None, *, rows: bool = False, config=None, p
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     scale = norm[0].contiguous() if norm is not None else x
     if rows:
-        bn = _block_n(n)
-        bk = min(_TILE // bn // 2, triton.next_power_of_2(k))
+        # 4 rows x 1024 of each half: cold (probes.gemv --cold, H100) RG-2B's up-projection
+        # went 33.6 -> 30.4 us against the former 4 x 512, and Gemma's 50.9 -> 45.5 us against
+        # 16 x 128
+        bn = 4
+        bk = min(_TILE // bn, triton.next_power_of_2(k))
     else:
         bn = 16  # 32-byte pieces of bf16 rows: full sectors; N / 16 programs (480 at N = 7680)
         bk = min(_TILE // bn // 2, triton.next_power_of_2(k))
@@ -465,15 +476,21 @@ def gemv_conv_op(
     state: torch.Tensor,
     reset: torch.Tensor,
     pdl: bool = False,
-) -> list[torch.Tensor]:
-    """gemv with the Conv1D step on the last weight's output (`conv`); `state` is mutated."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """gemv of two weights (a recurrent block's y and x) with the Conv1D step on the second's
+    output (`conv`); `state` is mutated. Two outputs, not a list: torch.compile functionalizes
+    a mutating operator only if it returns plain tensors (torch 2.11 on the H100 fell back to an
+    eager step on a list)."""
+    if len(weights) != 2:
+        raise ValueError(f"gemv_conv takes two weights (y, x), got {len(weights)}")
     norm = None if scale is None else (scale, eps)
-    return gemv(x, weights, biases, None, norm, None, pdl=pdl, conv=(conv_w, conv_b, state, reset))
+    y, xs = gemv(x, weights, biases, None, norm, None, pdl=pdl, conv=(conv_w, conv_b, state, reset))
+    return y, xs
 
 
 @gemv_conv_op.register_fake
 def _(x, weights, biases, scale, eps, conv_w, conv_b, state, reset, pdl=False):
-    return [x.new_empty(x.shape[0], w.shape[0]) for w in weights]
+    return tuple(x.new_empty(x.shape[0], w.shape[0]) for w in weights)
 
 
 @torch.library.custom_op("griffin_bench::gemv_gated_up", mutates_args=())

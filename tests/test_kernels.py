@@ -147,6 +147,44 @@ def test_gemv_conv_step(ns, dtype):
         gemv(x, ws, biases, None, norm, None, conv=(cw, cb, state[:, :2], reset))
 
 
+@pytest.mark.parametrize("name", ["gemv_conv", "rg_lru_gated_step", "mqa_decode_write"], ids=str)
+def test_state_writing_ops_functionalize(name):
+    """The operators that write decode state in place are ones torch.compile can functionalize
+    (auto_functionalized): a list return, or an output aliasing an input, makes Inductor refuse
+    the whole step, and the decoder falls back to an eager one (as the H100 showed for the
+    list-returning gemv_conv)."""
+    from torch._higher_order_ops.auto_functionalize import can_auto_functionalize
+
+    op = getattr(torch.ops.griffin_bench, name).default
+    assert op._schema.is_mutable and can_auto_functionalize(op), str(op._schema)
+
+
+def test_gemv_conv_op_compiles():
+    """gemv_conv as the compiled decode step calls it: traced and functionalized (aot_eager, one
+    graph) it gives the eager outputs and writes the same conv state."""
+    from kernels.gemv import gemv_conv_op
+
+    g = torch.Generator().manual_seed(5)
+    t = randn_fn(g, torch.float32)
+    k, n = 40, 24
+    x, ws, bs = t(1, k), [t(n, k), t(n, k)], [t(n), t(n)]
+    scale, cw, cb, state = t(k), t(4, n), t(n), t(1, 3, n)
+    reset = torch.tensor([False], device=DEVICE)
+
+    def step(x, state):
+        y, xs = gemv_conv_op(x, ws, bs, scale, 1e-6, cw, cb, state, reset)
+        return y * 2, xs
+
+    state_eager = state.clone()
+    want = step(x, state_eager)
+    got = torch.compile(step, backend="aot_eager", fullgraph=True)(x, state)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(state, state_eager)
+    with pytest.raises(ValueError, match="two weights"):
+        gemv_conv_op(x, ws[:1], bs[:1], scale, 1e-6, cw, cb, state, reset)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("inclusive", [True, False], ids=["look-back", "walk-to-tile-0"])
