@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 import zlib
 from pathlib import Path
 
@@ -220,6 +221,16 @@ def base_record(job: dict, p, impl: dict, env_info: dict | None) -> dict:
     }
 
 
+def _keep_warnings(rec: dict, seen: list) -> None:
+    """The distinct warnings a point raised go into its record's extra["warnings"] (and, as
+    before, to stderr): a number measured on a degraded path says so."""
+    for w in seen:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    msgs = list(dict.fromkeys(f"{w.category.__name__}: {w.message}"[:1000] for w in seen))
+    if msgs:
+        rec["extra"] = {**(rec.get("extra") or {}), "warnings": msgs}
+
+
 def _record_failure(rec: dict, exc: BaseException, backend) -> None:
     """An exception of a point becomes its status: `oom` (the expected signal of a size that does
     not fit) or `error` with the message and the traceback's end."""
@@ -295,10 +306,8 @@ def run_measure(job: dict, emit) -> int:
             finish(rec, time.perf_counter())
         return 0
 
-    for p in points:
-        t0 = time.perf_counter()
-        rec = base_record(job, p, impl, env_info)
-        rec["extra"] = {"build_s": build_s}
+    def gate_and_measure(p, rec):
+        """Gate one point against its reference output, then time it; fills in `rec`."""
         wl, params, seed = workload(p.workload), p.param_dict, input_seed(p.gate_key)
         try:
             path = _gate_path(job["gate_dir"], p.gate_key)
@@ -317,8 +326,7 @@ def run_measure(job: dict, emit) -> int:
                     status="mismatch",
                     error=f"output differs from the reference: rel. error {err:.3g} > tol {tol:.3g}",
                 )
-                finish(rec, t0)
-                continue
+                return
             del out
             backend.free()
             backend.reset_peak()
@@ -341,6 +349,17 @@ def run_measure(job: dict, emit) -> int:
             _record_failure(rec, exc, backend)
             del exc
             backend.free()
+
+    for p in points:
+        t0 = time.perf_counter()
+        rec = base_record(job, p, impl, env_info)
+        rec["extra"] = {"build_s": build_s}
+        # the warnings the gate and the measurement raise (a compiled step fallen back to
+        # eager) go into the record
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            gate_and_measure(p, rec)
+        _keep_warnings(rec, seen)
         finish(rec, t0)
         if _context_broken(rec):
             return EXIT_RESTART

@@ -195,6 +195,26 @@ prompt = [8, 12]
         assert by["ours-torch-reference", prompt]["status"] == "ok"  # measured after the failures
 
 
+def test_warnings_of_a_point_go_into_its_record(monkeypatch, tmp_path):
+    with_fakes(monkeypatch, "warning")
+    body = """
+[[case]]
+workload = "prefill"
+models = ["griffin-tiny"]
+impls = ["fake-warning", "ours-torch-reference"]
+batch = 1
+prompt = 8
+"""
+    records = run_suite(write_suite(tmp_path, body), tmp_path / "out.jsonl")
+    by = {r["impl"]: r for r in records}
+    warned = by["fake-warning"]
+    assert warned["status"] == "ok"
+    assert warned["extra"]["warnings"] == [
+        "UserWarning: the compiled step failed; eager step (test)"
+    ]
+    assert "warnings" not in by["ours-torch-reference"]["extra"]
+
+
 def test_a_crashing_worker_costs_only_its_point(monkeypatch, tmp_path):
     with_fakes(monkeypatch, "crash")
     body = """
