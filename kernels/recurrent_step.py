@@ -90,6 +90,14 @@ def _gated_step_kernel(xs_ptr, y_ptr, wx_ptr, bx_ptr, wa_ptr, ba_ptr, aparam_ptr
     tl.store(z_ptr + row + ch, (0.5 * g * (1.0 + t) * hv).to(z_ptr.dtype.element_ty), mask=jmask)
 
 
+def _int8(reset: torch.Tensor) -> torch.Tensor:
+    """The reset flags as int8 for the kernel: a bool tensor reinterpreted (no copy kernel: as a
+    conversion it was one more launch per recurrent layer in the decode step)."""
+    if reset.dtype == torch.bool:
+        return reset.contiguous().view(torch.int8)
+    return reset.to(torch.int8)
+
+
 def rg_lru_gated_step(xs, y, wx, bx, wa, ba, a_param, h, reset):
     """The fused step (see the module docstring); same arguments and effect as the _ref. Writes
     `h` in place (so it must not be autotuned). Returns z [b, d] in xs.dtype."""
@@ -102,7 +110,7 @@ def rg_lru_gated_step(xs, y, wx, bx, wa, ba, a_param, h, reset):
     z = torch.empty_like(xs)
     _gated_step_kernel[(wx.shape[0] * triton.cdiv(e, block_j), b)](
         xs.contiguous(), y.contiguous(), wx.contiguous(), bx.contiguous(), wa.contiguous(),
-        ba.contiguous(), a_param.contiguous(), reset.to(torch.int8), h, z, d, e,
+        ba.contiguous(), a_param.contiguous(), _int8(reset), h, z, d, e,
         C=_SQRT_2_OVER_PI, KC=0.044715, BLOCK_I=triton.next_power_of_2(e), BLOCK_J=block_j,
         num_warps=4,
     )  # fmt: skip

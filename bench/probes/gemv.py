@@ -175,7 +175,7 @@ def decode_steps(models: list[str], reps: int) -> list[dict]:
             _, cache = m.prefill(tokens, pos, logits="last")
         row = {"model": name}
         logits = {}
-        variants = {"gemv=False": {"gemv": False}, "gemv=True": {"gemv": True},
+        variants = {"gemv=False": {"gemv": False}, "gemv=True": {"gemv": True, "pdl": False},
                     "gemv+pdl": {"gemv": True, "pdl": True}}  # fmt: skip
         for key, kwargs in variants.items():
             try:

@@ -325,10 +325,10 @@ class StaticDecoder:
     cache writes and SDPA, which pads the step's one query per head to a prefill tile (147 us
     a layer at RecurrentGemma-2B shape, batch 16, on an H100; results/h100/NOTES.md).
 
-    `pdl` (with `gemv`; off by default, see kernels.gemv: its first version measured slower on
-    the H100, the second is not yet measured): the GEMVs launched with programmatic dependent
+    `pdl` (with `gemv`; default: on a GPU of compute capability 9 or more, see kernels.gemv:
+    RG-2B's step 2.436 -> 2.375 ms on the H100): the GEMVs launched with programmatic dependent
     launch (each prefetches the first tile of its weight rows into L2 before waiting for the
-    kernel ahead of it).
+    kernel ahead of it, and lets the next one in after its weight loop).
 
     `gemv` (default: at batch 1 on CUDA): the step's matmuls as fused GEMVs (kernels.gemv, see
     _gemv_step). Their MLP up-projection reads a copy of each `ffw_up.w` transposed to
@@ -345,7 +345,7 @@ class StaticDecoder:
         compile: bool = True,
         gemv: bool | None = None,
         attention_kernel: bool | None = None,
-        pdl: bool = False,
+        pdl: bool | None = None,
     ):
         from models.torch.blocks import AttentionCache
 
@@ -372,13 +372,18 @@ class StaticDecoder:
         self.length = torch.zeros((), dtype=torch.long, device=device)
         self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.segment_pos = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        # segment_pos == 0 per sequence, written by step() before the graph runs: computed in
+        # the compiled step, Inductor recomputed it (select + eq, ~1.1 us) before each of our
+        # operators that reads it, two per recurrent layer (H100 profile, session 7)
+        self.reset = torch.zeros(batch, dtype=torch.bool, device=device)
         self.graph = None
         self.logits = None
         self.compile = compile and self.tokens.is_cuda
         # batch 1: the step's matmuls are GEMVs with the norms, residuals, gelu and soft cap
         # fused in (kernels.gemv); larger batches keep cuBLAS, which reads the weights once too
         self.gemv = (batch == 1 and self.tokens.is_cuda) if gemv is None else gemv
-        self.pdl = pdl
+        hopper = self.tokens.is_cuda and torch.cuda.get_device_capability(device)[0] >= 9
+        self.pdl = (self.gemv and hopper) if pdl is None else pdl
         self.attention_kernel = (
             self.tokens.is_cuda if attention_kernel is None else attention_kernel
         )
@@ -472,7 +477,7 @@ class StaticDecoder:
 
         m = self.model
         x = m.embed(self.tokens)[:, 0]  # [1, d]
-        reset = self.segment_pos[:, 0] == 0
+        reset = self.reset
         pdl = self.pdl
         for i, (blk, c) in enumerate(zip(m.blocks, self.blocks, strict=True)):
             pre, tb = blk.temporal_pre_norm, blk.temporal_block
@@ -529,6 +534,7 @@ class StaticDecoder:
             raise ValueError(f"this decoder is full ({self.capacity} tokens)")
         self.tokens.copy_(tokens)
         self.segment_pos.copy_(segment_pos)
+        torch.eq(self.segment_pos[:, 0], 0, out=self.reset)
         self.host_length += 1
         self._refresh_up_rows()
         if not self.tokens.is_cuda:
