@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument(
         "--jax-gemv", action="store_true",
-        help="JAX: also the step of Pallas GEMVs (Model(decode_gemv=True)) after the default one",
+        help="JAX: the step of XLA matmuls (decode_gemv=False), then of Pallas GEMVs (True)",
     )  # fmt: skip
     args = parser.parse_args()
     out = Path(args.out) if args.out else None
