@@ -223,10 +223,12 @@ def base_record(job: dict, p, impl: dict, env_info: dict | None) -> dict:
 
 def _keep_warnings(rec: dict, seen: list) -> None:
     """The distinct warnings a point raised go into its record's extra["warnings"] (and, as
-    before, to stderr): a number measured on a degraded path says so."""
+    before, to stderr): a number measured on a degraded path says so. Deprecation notices (of
+    the libraries' APIs, not of the measurement) go to stderr only."""
     for w in seen:
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    msgs = list(dict.fromkeys(f"{w.category.__name__}: {w.message}"[:1000] for w in seen))
+    kept = [w for w in seen if not issubclass(w.category, DeprecationWarning)]
+    msgs = list(dict.fromkeys(f"{w.category.__name__}: {w.message}"[:1000] for w in kept))
     if msgs:
         rec["extra"] = {**(rec.get("extra") or {}), "warnings": msgs}
 

@@ -129,12 +129,6 @@ def run(
     return logits_from(cfg, params, x), (new_blocks if return_cache else None)
 
 
-def use_decode_gemv(batch: int) -> bool:
-    """Model(decode_gemv=None)'s choice: the step of Pallas GEMVs at batch 1 on a GPU (larger
-    batches keep XLA's matmuls, which read the weights once too)."""
-    return batch == 1 and jax.default_backend() == "gpu"
-
-
 class Model:
     """Hawk, Griffin or the MQA Transformer in JAX, as `cfg.block_types` says.
 
@@ -143,18 +137,16 @@ class Model:
     prefill look once per call (on the host) whether each row holds one document, and decode
     donates its input cache (consumed: see `decode`). decode_gemv (optimized only): decode steps
     run optimized.decode_step_gemv, the matmuls as kernels.gemv_jax GEMVs with the norms, biases,
-    residuals and the MLP's gelu·mul fused. None (the default): at batch 1 on a GPU, where it
-    took RG-2B's step from 3.815 to 3.465 ms on the H100 (results/h100/NOTES.md, session 7);
-    True / False: always / never.
+    residuals and the MLP's gelu·mul fused. Off by default: on the H100, in the decode suite's
+    loop (8 greedy steps a timed run), RG-2B's batch-1 step took 3.713 ms with it against
+    3.257 ms with XLA's matmuls, in one run (results/h100/NOTES.md, session 7).
     """
 
-    def __init__(
-        self, cfg: ModelConfig, impl: str = "reference", *, decode_gemv: bool | None = None
-    ):
+    def __init__(self, cfg: ModelConfig, impl: str = "reference", *, decode_gemv: bool = False):
         if impl not in IMPLS:
             raise ValueError(f"unknown impl {impl!r}; valid impls: {', '.join(IMPLS)}")
-        if decode_gemv not in (None, True, False):
-            raise ValueError(f"decode_gemv must be None, True or False, got {decode_gemv!r}")
+        if decode_gemv not in (True, False):
+            raise ValueError(f"decode_gemv must be True or False, got {decode_gemv!r}")
         if decode_gemv and impl != "optimized":
             raise ValueError("decode_gemv=True needs impl='optimized'")
         self.config = cfg
@@ -200,15 +192,12 @@ class Model:
         self._prefill = lambda params, tokens, seg, logits: prefill(
             params, tokens, seg, logits, one_document(seg)
         )
-        gemv_step = partial(optimized.decode_step_gemv, cfg)
-        choice = self.decode_gemv
+        if self.decode_gemv:
+            step = partial(optimized.decode_step_gemv, cfg)
+        else:
 
-        def step(params, tokens, seg, cache_blocks, length):
-            # chosen when traced (per batch size): the GEMVs at batch 1 on a GPU by default
-            use = choice if choice is not None else use_decode_gemv(tokens.shape[0])
-            if use:
-                return gemv_step(params, tokens, seg, cache_blocks, length)
-            return opt(params, tokens, seg, cache_blocks, length, True)
+            def step(params, tokens, seg, cache_blocks, length):
+                return opt(params, tokens, seg, cache_blocks, length, True)
 
         # the cache (argument 3) donated: updated in place where the backend can
         self._decode = jax.jit(step, donate_argnums=3)
