@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels._triton import tl, triton
+from kernels._triton import INTERPRET, tl, triton
 from kernels.scan import (
     _chain_finish,
     _chain_tile,
@@ -103,6 +103,9 @@ def rg_lru_ref(
 
 # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES), as for kernels.scan.
 FWD_CONFIG = (32, 16, 2, True, 3)
+# the forward's unmasked variant where t and d are multiples of its block (a switch for the
+# probes' A/B; the H100 profile showed the forward issue-bound, 71% of issue slots at T=4096)
+EVEN_TILES = True
 # the chained forward (_rglru_forward_chained; not the default: on the H100 it reached 46-47% of
 # its floor against the walking forward's 59% at T=4096; results/h100/NOTES.md, session 6):
 # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D)
@@ -123,35 +126,86 @@ def _softplus(z):
     return tl.maximum(z, 0.0) + _log1p(tl.exp(-tl.abs(z)))
 
 
+# The gates' special functions as the GPU's approximate instructions with denormals flushed
+# (ex2/rcp/sqrt .approx.ftz: within 2 ulp where the results are normal). Without .ftz the compiler
+# wraps each in a denormal range check and rescaling; the H100 profile showed the forward
+# issue-bound (71% of issue slots at T=4096, results/h100/NOTES.md, session 7). The interpreter
+# (no inline PTX) takes tl.exp / tl.sigmoid / tl.sqrt.
+_FAST_MATH = tl.constexpr(not INTERPRET)
+_LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _ptx1(x, op: tl.constexpr):
+    return tl.inline_asm_elementwise(
+        op + " $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+    )
+
+
+@triton.jit
+def _exp(x):
+    if _FAST_MATH:
+        return _ptx1(x * _LOG2E, "ex2.approx.ftz.f32")
+    else:
+        return tl.exp(x)
+
+
+@triton.jit
+def _sigmoid(x):
+    if _FAST_MATH:
+        return _ptx1(1.0 + _exp(-x), "rcp.approx.ftz.f32")
+    else:
+        return tl.sigmoid(x)
+
+
+@triton.jit
+def _sqrt(x):
+    if _FAST_MATH:
+        return _ptx1(x, "sqrt.approx.ftz.f32")
+    else:
+        return tl.sqrt(x)
+
+
 @triton.jit
 def _gates(x, gx, ga, sp, reset):
     """The gates of a tile: r, i, e = exp(log a) before resets, a, z = 1 - e^2, the multiplier
     sqrt(z) and the normalised input; resets give a = 0 and multiplier 1."""
-    r = tl.sigmoid(ga)
-    e = tl.exp(-8.0 * r * sp[None, :])
+    r = _sigmoid(ga)
+    e = _exp(-8.0 * r * sp[None, :])
     a = tl.where(reset, 0.0, e)
     # 1 - e^2 as (1 - e)(1 + e): one exp per element instead of two, and 1 - e is exact for
     # e >= 1/2 (Sterbenz), so z keeps its relative accuracy as a -> 1
     z = (1.0 - e) * (1.0 + e)
-    mult = tl.where(reset, 1.0, tl.sqrt(z))
-    i = tl.sigmoid(gx)
+    mult = tl.where(reset, 1.0, _sqrt(z))
+    i = _sigmoid(gx)
     return r, i, e, a, z, mult, x * i * mult
 
 
 @triton.jit
 def _tile_gates(x_ptr, gx_ptr, ga_ptr, seg_ptr, ptrs, mask, in_t, offs_t, pid_b, seg_b, seg_t,
-                sp, HAS_SEG: tl.constexpr, BLOCK_T: tl.constexpr):  # fmt: skip
+                sp, HAS_SEG: tl.constexpr, BLOCK_T: tl.constexpr,
+                EVEN: tl.constexpr = False):  # fmt: skip
     """A tile's recurrence coefficients: (a, normalised gated x), padding a = 1, x = 0 (so it
-    carries h through unchanged)."""
-    x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
-    gx = tl.load(gx_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
-    ga = tl.load(ga_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+    carries h through unchanged). EVEN: the tile lies wholly inside the tensors (no masks)."""
+    if EVEN:
+        x = tl.load(x_ptr + ptrs).to(tl.float32)
+        gx = tl.load(gx_ptr + ptrs).to(tl.float32)
+        ga = tl.load(ga_ptr + ptrs).to(tl.float32)
+    else:
+        x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+        gx = tl.load(gx_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+        ga = tl.load(ga_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
     if HAS_SEG:
-        seg = tl.load(seg_ptr + pid_b * seg_b + offs_t * seg_t, mask=in_t, other=1)
+        if EVEN:
+            seg = tl.load(seg_ptr + pid_b * seg_b + offs_t * seg_t)
+        else:
+            seg = tl.load(seg_ptr + pid_b * seg_b + offs_t * seg_t, mask=in_t, other=1)
         reset = (seg == 0)[:, None]
     else:
         reset = tl.zeros([BLOCK_T, 1], dtype=tl.int1)
     _, _, _, a, _, _, xn = _gates(x, gx, ga, sp, reset)
+    if EVEN:
+        return a, xn
     return tl.where(mask, a, 1.0), tl.where(mask, xn, 0.0)
 
 
@@ -168,6 +222,7 @@ def _rglru_fwd_kernel(
     CONTIG_D: tl.constexpr,
     NUM_STAGES: tl.constexpr,
     SUMMARY: tl.constexpr = False,  # write a_prod (the product of a over t), not y
+    EVEN: tl.constexpr = False,  # T and D multiples of the block: no masks
 ):  # fmt: skip
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -186,11 +241,13 @@ def _rglru_fwd_kernel(
         mask = in_t[:, None] & mask_d[None, :]
         ptrs = base + offs_t[:, None].to(tl.int64) * stride_t
         a, xn = _tile_gates(x_ptr, gx_ptr, ga_ptr, seg_ptr, ptrs, mask, in_t, offs_t, pid_b,
-                            seg_b, seg_t, sp, HAS_SEG, BLOCK_T)  # fmt: skip
+                            seg_b, seg_t, sp, HAS_SEG, BLOCK_T, EVEN)  # fmt: skip
         a_cum, x_cum = tl.associative_scan((a, xn), axis=0, combine_fn=_combine)
         hs = a_cum * h[None, :] + x_cum
         if SUMMARY:
             a_prod = a_prod * _last_row(a_cum, BLOCK_T)
+        elif EVEN:
+            tl.store(y_ptr + ptrs, hs.to(y_ptr.dtype.element_ty))
         else:
             tl.store(y_ptr + ptrs, hs.to(y_ptr.dtype.element_ty), mask=mask)
         h = _last_row(hs, BLOCK_T)
@@ -333,7 +390,7 @@ def _rglru_forward(x, gx, ga, a_param, segment_pos, h0, config=FWD_CONFIG, summa
         t, d, x.stride(0), x.stride(1), x.stride(2), seg_b, seg_t,
         HAS_SEG=segment_pos is not None, HAS_H0=h0 is not None,
         BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, NUM_STAGES=stages, SUMMARY=summary,
-        num_warps=warps,
+        EVEN=EVEN_TILES and t % block_t == 0 and d % block_d == 0, num_warps=warps,
     )  # fmt: skip
     return (h_last, y) if summary else (y, h_last)
 

@@ -186,6 +186,29 @@ def test_gemv_conv_op_compiles():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("even", [True, False], ids=["unmasked", "masked"])
+def test_rg_lru_forward_whole_tiles(dtype, even, monkeypatch):
+    """The forward where t and d are multiples of its block (kernels.rglru.EVEN_TILES: the
+    unmasked variant) and the same shapes through the masked one: both equal the float64 ref,
+    with resets and h0."""
+    from kernels import rglru
+
+    monkeypatch.setattr(rglru, "EVEN_TILES", even)
+    bt, bd = rglru.FWD_CONFIG[:2]
+    b, t, d = 2, 2 * bt, 2 * bd
+    x, gx, ga = (leaf(b, t, d, dtype=dtype).detach() for _ in range(3))
+    a_param = leaf(d, dtype=dtype).detach()
+    h0 = torch.randn(b, d, device=DEVICE)
+    pos = resets(b, t)
+    y, h_last = rglru._rglru_forward(x, gx, ga, a_param, pos, h0)
+    y_ref, last_ref = rg_lru_ref(
+        x.double(), gx.double(), ga.double(), a_param.double(), pos, h0.double()
+    )
+    assert y.dtype == dtype and rel(y, y_ref) <= TOL[dtype]
+    assert rel(h_last, last_ref) <= TOL[torch.float32]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("inclusive", [True, False], ids=["look-back", "walk-to-tile-0"])
 def test_rg_lru_chained_forward(shape, dtype, inclusive):

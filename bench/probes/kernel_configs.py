@@ -262,7 +262,15 @@ def main() -> None:
         "--grid", choices=("full", "top"), default="full",
         help="top: only the best configurations of the last full sweep (for A/B runs)",
     )  # fmt: skip
+    parser.add_argument(
+        "--plain-gates", action="store_true",
+        help="the RG-LRU kernels as before session 7 (IEEE-path exp/sigmoid/sqrt, masked tiles): "
+        "the baseline of an A/B run in one call",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.plain_gates:  # before any kernel compiles: the kernels read these when compiled
+        rglru_mod._FAST_MATH = rglru_mod.tl.constexpr(False)
+        rglru_mod.EVEN_TILES = False
     torch.manual_seed(0)
     results: dict = {"device": torch.cuda.get_device_name()}
     ceiling = copy_gbps()
