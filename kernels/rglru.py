@@ -101,8 +101,11 @@ def rg_lru_ref(
     return y.to(x.dtype), h_last
 
 
-# (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES), as for kernels.scan.
-FWD_CONFIG = (32, 16, 2, True, 3)
+# (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES), as for kernels.scan. With the
+# approximate gates (below) one warp of 32 x 32 tiles came first of 27 at both lengths on the
+# H100 (0.314 ms, 71% of copy, at T=4096; 1.199 ms, 75%, at T=16384; session 7's sweep); the
+# former (32, 16, 2) took 0.371 / 1.913 ms there.
+FWD_CONFIG = (32, 32, 1, True, 3)
 # the forward's unmasked variant where t and d are multiples of its block (a switch for the
 # probes' A/B; the H100 profile showed the forward issue-bound, 71% of issue slots at T=4096)
 EVEN_TILES = True

@@ -297,7 +297,7 @@ def main() -> None:
         grids = {
             "scan fwd": [(128, 32, 1, True, 3), (64, 32, 1, True, 3), (64, 32, 2, True, 3)],
             "scan bwd": [(32, 32, 1, True, 3), (64, 32, 2, True, 3), (32, 32, 1, True, 4)],
-            "rglru fwd": [(32, 16, 2, True, 3), (64, 16, 1, True, 3), (32, 16, 1, True, 3)],
+            "rglru fwd": [(32, 32, 1, True, 3), (32, 16, 2, True, 3), (32, 32, 2, True, 3)],
             "rglru bwd": [(16, 16, 1, True, 3), (16, 32, 2, True, 3), (32, 16, 2, True, 3)],
             "conv fwd": [(64, 32, 2, True, 1), (32, 32, 4, True, 1)],
             # a spread of tile shapes (session 6: none beat the walking forward)
