@@ -256,7 +256,8 @@ def test_rg_lru_time_parallel_forward(dtype, with_h0, monkeypatch):
     pos[0, 50:] = torch.arange(t - 50)  # and at 50, inside a chunk
     with torch.no_grad():
         y, h_last = rg_lru(x, gx, ga, a_param, pos, h0)
-    assert calls == [8]  # 2 rows x 3 channel blocks x 8 chunks; 12 steps each
+    assert calls == [8]  # 2 rows x the channel blocks x 8 chunks; 12 steps each
+    assert rglru._time_chunks(8, 4096, 2560, rglru.FWD_CONFIG[1]) == 1  # enough programs: plain
     ref_in = [v.double() if v is not None else None for v in (x, gx, ga, a_param, h0)]
     y_ref, last_ref = rg_lru_ref(*ref_in[:4], pos, ref_in[4])
     assert y.dtype == dtype and h_last.dtype == torch.float32
