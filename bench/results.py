@@ -94,6 +94,15 @@ def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
     return records, problems
 
 
+def note(rec: dict) -> str:
+    """What a table says beside a record: its error, or the warnings its point raised (a number
+    measured on a degraded path, extra.warnings), else nothing."""
+    if rec.get("error"):
+        return str(rec["error"])
+    warned = (rec.get("extra") or {}).get("warnings") or []
+    return ("warning: " + "; ".join(warned)) if warned else ""
+
+
 def recorded_keys(path: str | Path) -> set[str]:
     """Keys of the points a file already holds (any status): a rerun skips them."""
     records, _ = read_records(path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.results import read_records
+from bench.results import note, read_records
 
 
 def _fmt(x, spec: str) -> str:
@@ -42,7 +42,7 @@ def show(paths: list[Path]) -> None:
                     "MFU": _fmt(metrics.get("mfu"), ".1%"),
                     "MBU": _fmt(metrics.get("mbu"), ".1%"),
                     "rel_err": _fmt(corr.get("rel_err"), ".2g"),
-                    "note": (r.get("error") or "")[:60],
+                    "note": note(r)[:60],
                 }
             )
     if not rows:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fake_impls import spec
 
-from bench import catalog, runner, suite
+from bench import catalog, results, runner, suite
 from bench.__main__ import main as cli
 from bench.results import SCHEMA_VERSION, RecordWriter, load, read_records, recorded_keys
 
@@ -213,6 +213,10 @@ prompt = 8
         "UserWarning: the compiled step failed; eager step (test)"
     ]
     assert "warnings" not in by["ours-torch-reference"]["extra"]
+    assert (
+        results.note(warned) == "warning: UserWarning: the compiled step failed; eager step (test)"
+    )
+    assert results.note(by["ours-torch-reference"]) == ""
 
 
 def test_a_crashing_worker_costs_only_its_point(monkeypatch, tmp_path):

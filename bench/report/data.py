@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.results import read_records
+from bench.results import note, read_records
 
 COLUMNS = (
     "source",
@@ -69,7 +69,7 @@ def _flat(rec: dict, source: str) -> dict:
         "backend": rec.get("backend"),
         "dtype": rec.get("dtype"),
         "status": rec.get("status"),
-        "error": rec.get("error"),
+        "error": note(rec) or None,
         "median_ms": timing.get("median_ms"),
         "p20_ms": timing.get("p20_ms"),
         "p80_ms": timing.get("p80_ms"),
