@@ -267,6 +267,10 @@ def main() -> None:
         help="the RG-LRU kernels as before session 7 (IEEE-path exp/sigmoid/sqrt, masked tiles): "
         "the baseline of an A/B run in one call",
     )  # fmt: skip
+    parser.add_argument(
+        "--stages", nargs="+", type=int, metavar="N",
+        help="the walking sweeps' NUM_STAGES values instead of the grid's (e.g. 4 5 6)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.plain_gates:  # before any kernel compiles: the kernels read these when compiled
         rglru_mod._FAST_MATH = rglru_mod.tl.constexpr(False)
@@ -322,6 +326,13 @@ def main() -> None:
                 (128, 8, 2, True),
             ],
             "jax associative": [None],
+        }
+    if args.stages:  # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES) grids only
+        grids = {
+            k: sorted({(*c[:4], n) for c in v for n in args.stages})
+            if v and len(v[0] or ()) == 5
+            else v
+            for k, v in grids.items()
         }
     if args.only:
         unknown = sorted(set(args.only) - set(grids))
