@@ -112,6 +112,19 @@ def test_decode_gemv_step_equals_reference_forward(name, batch):
         logits, cache = opt.decode(params, tokens[:, t : t + 1], pos[:, t : t + 1], cache)
         assert logits.shape == (batch, 1, config(name).vocab_size)
         assert rel_err(logits, full[:, t : t + 1]) <= TOL, f"decode step {t}"
+    # the up-projections' row copies: made once per params, remade for other up weights
+    rows = opt._rows[1]
+    opt.decode(params, tokens[:, :1], pos[:, :1], opt.prefill(params, tokens[:, :1], pos[:, :1])[1])
+    assert opt._rows[1] is rows
+    other = jax.tree_util.tree_map(lambda a: a, params)  # new containers, the same arrays
+    for p in other["blocks"]:
+        p["mlp_block"]["ffw_up"]["w"] = -p["mlp_block"]["ffw_up"]["w"]
+    _, cache = opt.prefill(other, tokens[:, :PROMPT], pos[:, :PROMPT])
+    logits, _ = opt.decode(
+        other, tokens[:, PROMPT : PROMPT + 1], pos[:, PROMPT : PROMPT + 1], cache
+    )
+    want = ref.forward(other, tokens[:, : PROMPT + 1], pos[:, : PROMPT + 1])[:, -1:]
+    assert opt._rows[1] is not rows and rel_err(logits, want) <= TOL
     with pytest.raises(ValueError, match="decode_gemv=True needs impl='optimized'"):
         models.jax.Model(config(name), decode_gemv=True)
     with pytest.raises(ValueError, match="decode_gemv must be True or False"):

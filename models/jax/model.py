@@ -194,9 +194,11 @@ class Model:
         )
         if self.decode_gemv:
             step = partial(optimized.decode_step_gemv, cfg)
+            self._up_rows = jax.jit(optimized.up_rows)
+            self._rows = ([], None)  # (the params' up weights, their row copies): the latest
         else:
 
-            def step(params, tokens, seg, cache_blocks, length):
+            def step(params, tokens, seg, cache_blocks, length, rows=None):
                 return opt(params, tokens, seg, cache_blocks, length, True)
 
         # the cache (argument 3) donated: updated in place where the backend can
@@ -220,6 +222,16 @@ class Model:
         tokens, segment_pos = _as_arrays(tokens, segment_pos)
         logits, new_blocks = self._prefill(params, tokens, segment_pos, logits)
         return logits, Cache(new_blocks, tokens.shape[1])
+
+    def _rows_for(self, params) -> list:
+        """decode_gemv's row copies of the up-projections (optimized.up_rows), made once for
+        the params whose up weights are these very arrays (2 GB at RecurrentGemma-2B)."""
+        ups = [p["mlp_block"]["ffw_up"]["w"] for p in params["blocks"]]
+        held = self._rows[0]
+        if len(held) != len(ups) or any(a is not b for a, b in zip(held, ups, strict=False)):
+            self._rows = ([], None)  # let the old copies go before making new ones
+            self._rows = (ups, self._up_rows(params))
+        return self._rows[1]
 
     def decode(self, params, tokens, segment_pos, cache: Cache) -> tuple[jax.Array, Cache]:
         """One step: tokens and segment_pos int [b, 1] -> logits [b, 1, v] and the new cache.
@@ -258,6 +270,7 @@ class Model:
             segment_pos,
             grown,
             np.int32(cache.length),  # (no jnp dispatch)
+            self._rows_for(params) if self.decode_gemv else None,
         )
         return logits, Cache(new_blocks, cache.length + 1)
 

@@ -251,14 +251,26 @@ def copy_cache(cache):
 # ----------------------------------------------------------------------------- decode step of GEMVs
 
 
-def decode_step_gemv(cfg: ModelConfig, params, tokens, segment_pos, cache_blocks, length):
+def up_rows(params) -> list:
+    """Each block's MLP up-projection ffw_up.w [2, K, N] as [2, N, K] (whole rows per program in
+    kernels.gemv_jax.gemv_gated_up(rows=True)), copies made once for a params pytree, as the
+    torch StaticDecoder makes its `up_rows`. On the H100 the [2, K, N] form took 64 us a layer
+    at RG-2B against XLA's 35 us for the same dot (results/h100/probes/session7)."""
+    return [jnp.swapaxes(p["mlp_block"]["ffw_up"]["w"], 1, 2) for p in params["blocks"]]
+
+
+def decode_step_gemv(
+    cfg: ModelConfig, params, tokens, segment_pos, cache_blocks, length, rows=None
+):
     """One decode step (tokens [b, 1]) with the matmuls as kernels.gemv_jax GEMVs: per block, the
     norm and the projections that read its input in one launch, the mixing as in
     `recurrent_block` / `attention_block` (the Conv1D and RG-LRU step; RoPE, the cache write and
     the attention over the ring), the out-projection + residual, the norm + gated up-projection +
     gelu·mul, the down-projection + residual; the logits as norm + GEMV + soft cap. The JAX twin
     of the torch StaticDecoder's batch-1 step (models.torch.optimized); Model(decode_gemv=True)
-    selects it. Returns (logits [b, 1, v], new cache blocks), as `run(..., impl="optimized")`."""
+    selects it. rows: `up_rows(params)`, for the row form of the up-projection (else the
+    params' own [2, K, N]). Returns (logits [b, 1, v], new cache blocks), as
+    `run(..., impl="optimized")`."""
     from kernels import gemv_jax
     from models.jax import blocks
     from models.jax.model import embed
@@ -269,7 +281,9 @@ def decode_step_gemv(cfg: ModelConfig, params, tokens, segment_pos, cache_blocks
     eps = cfg.norm_eps
     x = embed(cfg, params, tokens)[:, 0]  # [b, d]
     new_blocks = []
-    for kind, p, c in zip(cfg.block_types, params["blocks"], cache_blocks, strict=True):
+    for i, (kind, p, c) in enumerate(
+        zip(cfg.block_types, params["blocks"], cache_blocks, strict=True)
+    ):
         pre = (p["temporal_pre_norm"]["scale"], eps)
         if kind == RECURRENT:
             tb = p["recurrent_block"]
@@ -292,8 +306,8 @@ def decode_step_gemv(cfg: ModelConfig, params, tokens, segment_pos, cache_blocks
         (residual,) = gemv_jax.gemv(mixed, [out_p["weight"]], [bias(out_p)], residual=x)
         mlp = p["mlp_block"]
         z = gemv_jax.gemv_gated_up(
-            residual, mlp["ffw_up"]["w"], mlp["ffw_up"].get("b"),
-            (p["channel_pre_norm"]["scale"], eps),
+            residual, mlp["ffw_up"]["w"] if rows is None else rows[i], mlp["ffw_up"].get("b"),
+            (p["channel_pre_norm"]["scale"], eps), rows=rows is not None,
         )  # fmt: skip
         down = mlp["ffw_down"]
         (x,) = gemv_jax.gemv(z, [down["weight"]], [bias(down)], residual=residual)
