@@ -127,8 +127,10 @@ def test_decode_gemv_step_equals_reference_forward(name, batch):
     assert opt._rows[1] is not rows and rel_err(logits, want) <= TOL
     with pytest.raises(ValueError, match="decode_gemv=True needs impl='optimized'"):
         models.jax.Model(config(name), decode_gemv=True)
-    with pytest.raises(ValueError, match="decode_gemv must be True or False"):
+    with pytest.raises(ValueError, match="decode_gemv must be None, True or False"):
         models.jax.Model(config(name), impl="optimized", decode_gemv="yes")
+    default = models.jax.Model(config(name), impl="optimized")
+    assert not default._gemv_at(1) and not default._gemv_at(2)  # on a GPU: batch 1 only
 
 
 @pytest.mark.parametrize(

@@ -137,16 +137,20 @@ class Model:
     prefill look once per call (on the host) whether each row holds one document, and decode
     donates its input cache (consumed: see `decode`). decode_gemv (optimized only): decode steps
     run optimized.decode_step_gemv, the matmuls as kernels.gemv_jax GEMVs with the norms, biases,
-    residuals and the MLP's gelu·mul fused. Off by default: on the H100, in the decode suite's
-    loop (8 greedy steps a timed run), RG-2B's batch-1 step took 3.713 ms with it against
-    3.257 ms with XLA's matmuls, in one run (results/h100/NOTES.md, session 7).
+    residuals and the MLP's gelu·mul fused, its up-projections from row copies of the weights
+    made once per params (optimized.up_rows; 2 GB at RecurrentGemma-2B). None (the default):
+    at batch 1 on a GPU, where on the H100, in the decode suite's loop (8 greedy steps a timed
+    run), RG-2B's step took 2.854 ms against 3.054 ms with XLA's matmuls, in one process
+    (results/h100/NOTES.md, session 7). True / False: at every batch size / never.
     """
 
-    def __init__(self, cfg: ModelConfig, impl: str = "reference", *, decode_gemv: bool = False):
+    def __init__(
+        self, cfg: ModelConfig, impl: str = "reference", *, decode_gemv: bool | None = None
+    ):
         if impl not in IMPLS:
             raise ValueError(f"unknown impl {impl!r}; valid impls: {', '.join(IMPLS)}")
-        if decode_gemv not in (True, False):
-            raise ValueError(f"decode_gemv must be True or False, got {decode_gemv!r}")
+        if decode_gemv not in (None, True, False):
+            raise ValueError(f"decode_gemv must be None, True or False, got {decode_gemv!r}")
         if decode_gemv and impl != "optimized":
             raise ValueError("decode_gemv=True needs impl='optimized'")
         self.config = cfg
@@ -192,14 +196,14 @@ class Model:
         self._prefill = lambda params, tokens, seg, logits: prefill(
             params, tokens, seg, logits, one_document(seg)
         )
-        if self.decode_gemv:
-            step = partial(optimized.decode_step_gemv, cfg)
-            self._up_rows = jax.jit(optimized.up_rows)
-            self._rows = ([], None)  # (the params' up weights, their row copies): the latest
-        else:
+        gemv_step = partial(optimized.decode_step_gemv, cfg)
+        self._up_rows = jax.jit(optimized.up_rows)
+        self._rows = ([], None)  # (the params' up weights, their row copies): the latest
 
-            def step(params, tokens, seg, cache_blocks, length, rows=None):
-                return opt(params, tokens, seg, cache_blocks, length, True)
+        def step(params, tokens, seg, cache_blocks, length, rows=None):
+            if rows is not None:  # (traced apart: None and a list are different signatures)
+                return gemv_step(params, tokens, seg, cache_blocks, length, rows)
+            return opt(params, tokens, seg, cache_blocks, length, True)
 
         # the cache (argument 3) donated: updated in place where the backend can
         self._decode = jax.jit(step, donate_argnums=3)
@@ -222,6 +226,14 @@ class Model:
         tokens, segment_pos = _as_arrays(tokens, segment_pos)
         logits, new_blocks = self._prefill(params, tokens, segment_pos, logits)
         return logits, Cache(new_blocks, tokens.shape[1])
+
+    def _gemv_at(self, batch: int) -> bool:
+        """Whether decode steps of this batch size run decode_step_gemv (see the class)."""
+        if self.impl != "optimized":
+            return False
+        if self.decode_gemv is None:
+            return batch == 1 and jax.default_backend() == "gpu"
+        return self.decode_gemv
 
     def _rows_for(self, params) -> list:
         """decode_gemv's row copies of the up-projections (optimized.up_rows), made once for
@@ -264,14 +276,10 @@ class Model:
 
             optimized.check_cache(self.config, cache)
         grown = [blocks.grow(self.config, c, cache.length + 1) for c in cache.blocks]
-        logits, new_blocks = self._decode(
-            params,
-            tokens,
-            segment_pos,
-            grown,
-            np.int32(cache.length),  # (no jnp dispatch)
-            self._rows_for(params) if self.decode_gemv else None,
-        )
+        args = [params, tokens, segment_pos, grown, np.int32(cache.length)]  # (no jnp dispatch)
+        if self.impl == "optimized":  # the GEMV step's row copies, or None: XLA's matmuls
+            args.append(self._rows_for(params) if self._gemv_at(tokens.shape[0]) else None)
+        logits, new_blocks = self._decode(*args)
         return logits, Cache(new_blocks, cache.length + 1)
 
 

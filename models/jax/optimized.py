@@ -18,7 +18,7 @@ functions, different ops. Mirrors models/torch/optimized.py; models/jax/blocks.p
   query's own, so nothing is concatenated per step), global attention the reference's buffer that
   doubles when full (`blocks.grow`, outside jit).
 
-- `decode_step_gemv` (Model(decode_gemv=True); off by default, slower on the H100): the decode step
+- `decode_step_gemv` (Model(decode_gemv); by default at batch 1 on a GPU): the decode step
   with its matmuls as Pallas GEMVs (kernels.gemv_jax) and their norms, biases, residuals and the
   MLP's gelu·mul fused in, as the torch StaticDecoder's batch-1 step.
 
