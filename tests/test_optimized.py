@@ -215,6 +215,26 @@ def test_static_decoder_gemv_step_equals_reference_forward(name, batch):
             assert rel_err(logits, full[:, t : t + 1]) <= TOL, f"decode step {t}"
 
 
+@pytest.mark.parametrize("name", ["griffin-tiny", "mqa-tiny"])
+def test_static_decoder_gemv_step_compiles_as_one_graph(name):
+    """The GEMV step as torch.compile sees it on a GPU: traced whole (fullgraph) and
+    functionalized (aot_eager; our operators that write decode state must allow it, else
+    Inductor refuses the step and the decoder falls back to an eager one), equal to the eager
+    step over several steps."""
+    _, opt = pair(CASES[name])
+    tokens, pos = data(1, T, CASES[name].vocab_size, {}, seed=11)
+    with torch.no_grad():
+        _, cache = opt.prefill(tokens[:, :9], pos[:, :9])
+        decs = [
+            StaticDecoder(opt, copy_cache(cache), capacity=T, gemv=True, attention_kernel=True)
+            for _ in range(2)
+        ]
+        decs[1]._step = torch.compile(decs[1]._step, backend="aot_eager", fullgraph=True)
+        for t in range(9, 12):
+            want, got = (d.step(tokens[:, t : t + 1], pos[:, t : t + 1]) for d in decs)
+            assert rel_err(got, want) <= 1e-6, f"decode step {t}"
+
+
 def test_static_decoder_gemv_step_follows_weights_changed_in_place():
     """The GEMV step reads a transposed copy of each MLP up-projection: a weight changed in
     place after the decoder was built (as an optimizer step does) is copied again."""
