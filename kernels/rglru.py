@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels._triton import INTERPRET, tl, triton
+from kernels._triton import AVAILABLE, INTERPRET, tl, triton
 from kernels.scan import (
     _chain_finish,
     _chain_tile,
@@ -134,8 +134,9 @@ def _softplus(z):
 # wraps each in a denormal range check and rescaling; the H100 profile showed the forward
 # issue-bound (71% of issue slots at T=4096, results/h100/NOTES.md, session 7). The interpreter
 # (no inline PTX) takes tl.exp / tl.sigmoid / tl.sqrt.
-_FAST_MATH = tl.constexpr(not INTERPRET)
-_LOG2E = tl.constexpr(1.4426950408889634)
+if AVAILABLE:  # (without Triton the kernels are stand-ins that raise when launched)
+    _FAST_MATH = tl.constexpr(not INTERPRET)
+    _LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
