@@ -115,7 +115,8 @@ def _jax(name: str, batch: int, prompt: int, out: Path | None, gemv: bool = Fals
         logits.block_until_ready()
     synced = (time.perf_counter() - t0) / STEPS * 1e3
     # the compiled step: lower the model's own jitted decode on the same arguments
-    compiled = jm._decode.lower(params, tok, p, c.blocks, np.int32(c.length)).compile()
+    rows = jm._rows_for(params) if jm._gemv_at(batch) else None  # as Model.decode passes it
+    compiled = jm._decode.lower(params, tok, p, c.blocks, np.int32(c.length), rows).compile()
     hlo = compiled.as_text()
     entry = hlo[hlo.find("ENTRY") :]
     ops = Counter(re.findall(r"\s([a-z][a-z-]*)\(", entry))
