@@ -1,13 +1,13 @@
 """Kernel-level GPU timeline of JAX RG-2B decode steps at batch 1 (XLA step; Pallas GEMV step with
 argv[1] == 'gemv'), traced by torch.profiler's CUPTI (process-wide, so it sees XLA's kernels)."""
+
 import collections
 import json
 import sys
 
-import torch  # CUPTI via kineto
-
 import jax
 import jax.numpy as jnp
+import torch  # CUPTI via kineto
 
 import models.jax
 from models.config import preset
@@ -36,7 +36,9 @@ with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) a
         tok = argmax(logits)
     jax.block_until_ready(tok)
 prof.export_chrome_trace(out + ".trace.json")
-ev = [e for e in json.load(open(out + ".trace.json"))["traceEvents"] if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+with open(out + ".trace.json") as f:
+    trace = json.load(f)["traceEvents"]
+ev = [e for e in trace if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
 ev.sort(key=lambda e: e["ts"])
 busy = sum(e["dur"] for e in ev)
 span = ev[-1]["ts"] + ev[-1]["dur"] - ev[0]["ts"]
@@ -45,8 +47,11 @@ cnt = collections.Counter()
 for e in ev:
     by[e["name"][:90]] += e["dur"]
     cnt[e["name"][:90]] += 1
-lines = [f"{'gemv' if gemv else 'xla'}: {len(ev) / N:.0f} kernels a step, busy {busy / N / 1e3:.3f} ms a step, span {span / N / 1e3:.3f} ms a step, idle {(span - busy) / N / 1e3:.3f} ms"]
+lines = [
+    f"{'gemv' if gemv else 'xla'}: {len(ev) / N:.0f} kernels a step, busy {busy / N / 1e3:.3f} ms a step, span {span / N / 1e3:.3f} ms a step, idle {(span - busy) / N / 1e3:.3f} ms"
+]
 for name, d in by.most_common(30):
     lines.append(f"{cnt[name] / N:7.1f} {d / N:9.1f} us  {name}")
 print("\n".join(lines))
-open(out + ".txt", "w").write("\n".join(lines) + "\n")
+with open(out + ".txt", "w") as f:
+    f.write("\n".join(lines) + "\n")
