@@ -17,40 +17,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from util import check_kernel as check
 
 from kernels import gemv_jax as G
 from kernels import pallas as P
 from models.jax import layers
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-TOL = {"float32": 1e-5, "bfloat16": 2e-2}  # relative Frobenius error against float64
-MAX_TOL = {"float32": 1e-5, "bfloat16": 3e-2}  # max |err| / max |ref|, every element
 SMALL = G.Config(block_n=4, block_k=16)  # K = 77: four full K tiles and a tail of 13
 EPS = 1e-6
 K = 77
 NS = (45, 13, 30)  # row tails at block_n 4 and 8 (45, 13, 30 % 4 = 1, 1, 2)
-
-
-def errors(out, ref) -> tuple[float, float]:
-    """(relative Frobenius error, max-norm relative error); inf if any element is not finite."""
-    o = np.asarray(jnp.asarray(out, jnp.float32), np.float64)
-    r = np.asarray(ref, np.float64)
-    assert o.shape == r.shape, (o.shape, r.shape)
-    assert np.all(np.isfinite(r)), "the reference must be finite"
-    if not np.all(np.isfinite(o)):
-        return np.inf, np.inf
-    denom, mx = np.linalg.norm(r), np.max(np.abs(r), initial=0.0)
-    frob = np.linalg.norm(o - r) / denom if denom > 0 else np.linalg.norm(o)
-    maxn = np.max(np.abs(o - r), initial=0.0) / mx if mx > 0 else np.max(np.abs(o), initial=0.0)
-    return float(frob), float(maxn)
-
-
-def check(name, out, ref, dtype: str) -> None:
-    frob, maxn = errors(out, ref)
-    assert frob <= TOL[dtype] and maxn <= MAX_TOL[dtype], (
-        f"{name}: rel err {frob:.3g} (tol {TOL[dtype]}), max-norm err {maxn:.3g} "
-        f"(tol {MAX_TOL[dtype]})"
-    )
 
 
 def arr(rng, shape, dtype, scale=1.0):

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from util import check_kernel as check
+from util import kernel_errors as errors
 
 from kernels import pallas as P
 from kernels.rglru import rg_lru_ref as rg_lru_torch
@@ -28,29 +30,6 @@ from kernels.scan_jax import linear_scan_ref
 SHAPES = [(2, 37, 45), (1, 1, 3), (3, 22, 70)]
 SMALL = P.Config(block_t=4, block_d=16)  # several chunks and channel blocks even at these sizes
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-TOL = {"float32": 1e-5, "bfloat16": 2e-2}  # relative Frobenius error against float64
-MAX_TOL = {"float32": 1e-5, "bfloat16": 3e-2}  # max |err| / max |ref|, every element
-
-
-def errors(out, ref) -> tuple[float, float]:
-    """(relative Frobenius error, max-norm relative error); inf if any element is not finite."""
-    o = np.asarray(jnp.asarray(out, jnp.float32), np.float64)
-    r = np.asarray(ref, np.float64)
-    assert o.shape == r.shape, (o.shape, r.shape)
-    if not np.all(np.isfinite(o)):
-        return np.inf, np.inf
-    denom, mx = np.linalg.norm(r), np.max(np.abs(r), initial=0.0)
-    frob = np.linalg.norm(o - r) / denom if denom > 0 else np.linalg.norm(o)
-    maxn = np.max(np.abs(o - r), initial=0.0) / mx if mx > 0 else np.max(np.abs(o), initial=0.0)
-    return float(frob), float(maxn)
-
-
-def check(name, out, ref, dtype: str) -> None:
-    frob, maxn = errors(out, ref)
-    assert frob <= TOL[dtype] and maxn <= MAX_TOL[dtype], (
-        f"{name}: rel err {frob:.3g} (tol {TOL[dtype]}), max-norm err {maxn:.3g} "
-        f"(tol {MAX_TOL[dtype]})"
-    )
 
 
 def resets(b, t):

@@ -54,3 +54,34 @@ def randomize_zeros_jax(tree, seed: int = 1, std: float = 0.5):
 
 def has_attention(cfg: ModelConfig) -> bool:
     return ATTENTION in cfg.block_types
+
+
+# JAX kernels (Pallas) against float64 references: relative Frobenius error, and max |err| /
+# max |ref| so that no single element hides in the norm
+KERNEL_TOL = {"float32": 1e-5, "bfloat16": 2e-2}
+KERNEL_MAX_TOL = {"float32": 1e-5, "bfloat16": 3e-2}
+
+
+def kernel_errors(out, ref) -> tuple[float, float]:
+    """(relative Frobenius error, max-norm relative error); inf if any element is not finite."""
+    import jax.numpy as jnp
+
+    o = np.asarray(jnp.asarray(out, jnp.float32), np.float64)
+    r = np.asarray(ref, np.float64)
+    assert o.shape == r.shape, (o.shape, r.shape)
+    assert np.all(np.isfinite(r)), "the reference must be finite"
+    if not np.all(np.isfinite(o)):
+        return np.inf, np.inf
+    denom, mx = np.linalg.norm(r), np.max(np.abs(r), initial=0.0)
+    frob = np.linalg.norm(o - r) / denom if denom > 0 else np.linalg.norm(o)
+    maxn = np.max(np.abs(o - r), initial=0.0) / mx if mx > 0 else np.max(np.abs(o), initial=0.0)
+    return float(frob), float(maxn)
+
+
+def check_kernel(name, out, ref, dtype: str) -> None:
+    """Both errors of `out` against the float64 `ref` within KERNEL_TOL / KERNEL_MAX_TOL[dtype]."""
+    frob, maxn = kernel_errors(out, ref)
+    assert frob <= KERNEL_TOL[dtype] and maxn <= KERNEL_MAX_TOL[dtype], (
+        f"{name}: rel err {frob:.3g} (tol {KERNEL_TOL[dtype]}), max-norm err {maxn:.3g} "
+        f"(tol {KERNEL_MAX_TOL[dtype]})"
+    )
