@@ -11,6 +11,7 @@ Protocol on stdout: lines starting with MARK, tab-separated:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -221,10 +222,19 @@ def base_record(job: dict, p, impl: dict, env_info: dict | None) -> dict:
     }
 
 
+@contextlib.contextmanager
+def _point_warnings(rec: dict):
+    """Around a point's gate and measurement (model and kernel points alike): the distinct
+    warnings raised go into its record's extra["warnings"] (and, as before, to stderr), so that
+    a number measured on a degraded path (a compiled step fallen back to eager) says so."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        yield
+    _keep_warnings(rec, seen)
+
+
 def _keep_warnings(rec: dict, seen: list) -> None:
-    """The distinct warnings a point raised go into its record's extra["warnings"] (and, as
-    before, to stderr): a number measured on a degraded path says so. Deprecation notices (of
-    the libraries' APIs, not of the measurement) go to stderr only."""
+    """Deprecation notices (of the libraries' APIs, not of the measurement) go to stderr only."""
     for w in seen:
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     kept = [w for w in seen if not issubclass(w.category, DeprecationWarning)]
@@ -356,12 +366,8 @@ def run_measure(job: dict, emit) -> int:
         t0 = time.perf_counter()
         rec = base_record(job, p, impl, env_info)
         rec["extra"] = {"build_s": build_s}
-        # the warnings the gate and the measurement raise (a compiled step fallen back to
-        # eager) go into the record
-        with warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always")
+        with _point_warnings(rec):
             gate_and_measure(p, rec)
-        _keep_warnings(rec, seen)
         finish(rec, t0)
         if _context_broken(rec):
             return EXIT_RESTART
@@ -388,52 +394,52 @@ def _measure_kernels(job, spec, points, backend, finish, env_info, tcfg) -> int:
             rec.update(status="unavailable", error=reason)
             finish(rec, t0)
             continue
-        try:
-            if wl.op not in handles:
-                handles[wl.op] = mod.build(wl.op, p.dtype, backend)
-            handle = handles[wl.op]
-            env_info["device_label"] = handle.backend.device_label()
-            path = _gate_path(job["gate_dir"], p.gate_key)
-            if not path.with_suffix(".npz").exists():
-                err = path.with_suffix(".err")
-                why = err.read_text() if err.exists() else "not computed"
-                raise RuntimeError(f"no reference output for the correctness gate ({why})")
-            ref = dict(np.load(path.with_suffix(".npz")))
-            errs = rel_errors(wl.gate_outputs(handle, params, p.dtype, seed), ref)
-            worst = max(errs.values())
-            rec["correctness"] = {
-                **json.loads(path.with_suffix(".json").read_text()),
-                "rel_err": worst,
-                "rel_err_by_output": errs,
-                "tol": tol[p.dtype],
-                "passed": worst <= tol[p.dtype],
-            }
-            if not worst <= tol[p.dtype]:
-                rec.update(
-                    status="mismatch",
-                    error=f"differs from the reference: {errs} > tol {tol[p.dtype]}",
-                )
-                finish(rec, t0)
-                continue
-            backend.free()
-            backend.reset_peak()
-            m = wl.measure(handle, params, p.dtype, seed, tcfg)
-            rec.update(
-                status="ok",
-                timing=m.timing.summary(),
-                timer=m.timer or handle.backend.timer().kind,
-                work=m.work,
-                metrics=derive(m, job.get("ceilings")),
-                memory={
-                    "peak_alloc_bytes": backend.peak_bytes(),
-                    "host_peak_rss_bytes": host_peak_rss_bytes(),
-                },
-                extra=m.extra,
-            )
-        except Exception as exc:
-            _record_failure(rec, exc, backend)
-            del exc
-            backend.free()
+        with _point_warnings(rec):
+            try:
+                if wl.op not in handles:
+                    handles[wl.op] = mod.build(wl.op, p.dtype, backend)
+                handle = handles[wl.op]
+                env_info["device_label"] = handle.backend.device_label()
+                path = _gate_path(job["gate_dir"], p.gate_key)
+                if not path.with_suffix(".npz").exists():
+                    err = path.with_suffix(".err")
+                    why = err.read_text() if err.exists() else "not computed"
+                    raise RuntimeError(f"no reference output for the correctness gate ({why})")
+                ref = dict(np.load(path.with_suffix(".npz")))
+                errs = rel_errors(wl.gate_outputs(handle, params, p.dtype, seed), ref)
+                worst = max(errs.values())
+                rec["correctness"] = {
+                    **json.loads(path.with_suffix(".json").read_text()),
+                    "rel_err": worst,
+                    "rel_err_by_output": errs,
+                    "tol": tol[p.dtype],
+                    "passed": worst <= tol[p.dtype],
+                }
+                if not worst <= tol[p.dtype]:
+                    rec.update(
+                        status="mismatch",
+                        error=f"differs from the reference: {errs} > tol {tol[p.dtype]}",
+                    )
+                else:
+                    backend.free()
+                    backend.reset_peak()
+                    m = wl.measure(handle, params, p.dtype, seed, tcfg)
+                    rec.update(
+                        status="ok",
+                        timing=m.timing.summary(),
+                        timer=m.timer or handle.backend.timer().kind,
+                        work=m.work,
+                        metrics=derive(m, job.get("ceilings")),
+                        memory={
+                            "peak_alloc_bytes": backend.peak_bytes(),
+                            "host_peak_rss_bytes": host_peak_rss_bytes(),
+                        },
+                        extra=m.extra,
+                    )
+            except Exception as exc:
+                _record_failure(rec, exc, backend)
+                del exc
+                backend.free()
         finish(rec, t0)
         if _context_broken(rec):
             return EXIT_RESTART
