@@ -486,6 +486,45 @@ def test_linear_scan_chained_forward(shape, dtype, inclusive):
         assert h.dtype == dtype and rel(h, ref) <= TOL[dtype] and rel(h_last, ref_last) <= 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize(
+    "t,d,block_t,block_p,pack",
+    [(37, 36, 8, 4, 4), (32, 32, 8, 4, 4), (5, 12, 8, 4, 4), (37, 20, 8, 4, 2), (16, 6, 8, 4, 2),
+     (40, 44, 16, 8, 2), (9, 8, 8, 2, 4)],
+    ids=str,
+)  # fmt: skip
+def test_linear_scan_packed_forward(t, d, block_t, block_p, pack, dtype):
+    """The packed forward (scan._forward_packed), 2 or 4 channels a word: whole tiles and a
+    partial last one, fewer steps than a tile, channel blocks whole or partial (masked words),
+    with and without h0, bfloat16 and float16 (the bits are unpacked and packed by hand)."""
+    from kernels import scan
+
+    b = 3
+    a = leaf(b, t, d, dtype=dtype, positive=True).detach()
+    x = leaf(b, t, d, dtype=dtype).detach()
+    h0 = torch.randn(b, d, device=DEVICE)
+    for start in (None, h0):
+        h, h_last = scan._forward_packed(a, x, start, (block_t, block_p, 1, 2, pack))
+        ref, ref_last = linear_scan_ref(a.double(), x.double(), _f64(start))
+        assert h.dtype == dtype and rel(h, ref) <= TOL[torch.bfloat16]
+        assert rel(h_last, ref_last) <= 1e-5
+
+
+def test_linear_scan_packing():
+    """Which inputs take the packed forward, and how many channels a word."""
+    from kernels.scan import packing
+
+    x = torch.zeros(2, 3, 16, dtype=torch.bfloat16)
+    assert packing(x) == 4 and packing(x.half()) == 4
+    assert packing(x[..., :6].contiguous()) == 2  # d = 6: two channels a word
+    assert packing(x[..., :5].contiguous()) == 0  # d odd
+    assert packing(x.float()) == 0  # not 16-bit
+    assert packing(x[..., :8]) == 0  # not contiguous
+    flat = torch.zeros(2 * 3 * 8 + 2, dtype=torch.bfloat16)
+    assert packing(flat[2:].view(2, 3, 8)) == 2  # aligned to 4 bytes, not 8
+    assert packing(flat[1:-1].view(2, 3, 8)) == 0  # aligned to 2 bytes
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(
     "b,n,s,h,sms",

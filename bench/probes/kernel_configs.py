@@ -109,13 +109,24 @@ def measure_length(T, results, ceiling, grids):
     if "scan fwd" in grids:
         sweep(
             f"scan fwd T={T}",
-            lambda cfg: lambda: scan_mod._forward(a, x, None, cfg),
+            lambda cfg: lambda: scan_mod._forward_walking(a, x, None, cfg),
             lambda out: rel(out[0][..., sub], h_ref),
             grids["scan fwd"],
             3 * n * 2,
             results,
             ceiling,
             (scan_mod._scan_fwd_kernel,),
+        )
+    if "scan fwd packed" in grids:  # 2 or 4 channels a word, register and L2 prefetch
+        sweep(
+            f"scan fwd packed T={T}",
+            lambda cfg: lambda: scan_mod._forward_packed(a, x, None, cfg),
+            lambda out: rel(out[0][..., sub], h_ref),
+            grids["scan fwd packed"],
+            3 * n * 2,
+            results,
+            ceiling,
+            (scan_mod._scan_fwd_packed_kernel,),
         )
     if "scan fwd chained" in grids:  # one program per tile, chained by decoupled look-back
         sweep(
@@ -289,6 +300,10 @@ def main() -> None:
     grids = {
         "scan fwd": list(P([64, 128, 256], [8, 16, 32], [1, 2], [True], [3, 4])),
         "scan bwd": list(P([32, 64, 128], [16, 32], [1, 2, 4], [True], [3, 4])),
+        # (BLOCK_T, BLOCK_P words, num_warps, L2_TILES, PACK); 64-step tiles spill (session 8)
+        "scan fwd packed": [
+            (t, p, p // 32, l2, k) for t, p, l2, k in P([16, 32], [32, 64], [0, 1, 2, 3, 4], [2, 4])
+        ],
         "rglru fwd": list(P([32, 64, 128], [8, 16, 32], [1, 2, 4], [True], [3])),
         "rglru bwd": list(P([16, 32, 64], [8, 16, 32], [1, 2, 4], [True], [3])),
         "conv fwd": list(P([32, 64, 128], [32, 64], [1, 2, 4], [True], [1])),
@@ -300,6 +315,12 @@ def main() -> None:
     if args.grid == "top":  # the best of the third sweep (results/h100/NOTES.md)
         grids = {
             "scan fwd": [(128, 32, 1, True, 3), (64, 32, 1, True, 3), (64, 32, 2, True, 3)],
+            "scan fwd packed": [
+                (32, 32, 1, 2, 4),
+                (32, 64, 2, 2, 4),
+                (32, 32, 1, 2, 2),
+                (16, 32, 1, 3, 2),
+            ],
             "scan bwd": [(32, 32, 1, True, 3), (64, 32, 2, True, 3), (32, 32, 1, True, 4)],
             "rglru fwd": [(32, 32, 1, True, 3), (32, 16, 2, True, 3), (32, 32, 2, True, 3)],
             "rglru bwd": [(16, 16, 1, True, 3), (16, 32, 2, True, 3), (32, 16, 2, True, 3)],
@@ -330,7 +351,7 @@ def main() -> None:
     if args.stages:  # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES) grids only
         grids = {
             k: sorted({(*c[:4], n) for c in v for n in args.stages})
-            if v and len(v[0] or ()) == 5
+            if v and len(v[0] or ()) == 5 and k != "scan fwd packed"
             else v
             for k, v in grids.items()
         }
