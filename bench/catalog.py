@@ -108,6 +108,9 @@ IMPLEMENTATIONS += (
     Implementation("ours-jax-pallas", "jax", _K + "OursJaxPallas", ("jax",), "ours",
                    "our JAX Pallas kernels (kernels.pallas, Triton lowering): scan and fused RG-LRU, "
                    "forward and backward, jitted", ("scan", "rglru")),
+    Implementation("ours-jax-mosaic", "jax", _K + "OursJaxMosaic", ("jax",), "ours",
+                   "our JAX scan with its Mosaic GPU forward (kernels.pallas, fwd_mosaic=True; the "
+                   "Triton-lowered backward), jitted; a GPU only", ("scan",)),
     Implementation("ours-torch-loop", "torch", _K + "OursReference", ("torch",), "ours",
                    "the kernels' _ref twins: plain torch, the scan a loop over time", _ALL),
     Implementation("torch-unfused-rglru", "torch", _K + "TorchUnfused", ("torch", "triton"), "peer",

@@ -26,6 +26,15 @@ published its inclusive prefix), fixes up its rows with the entering state and p
 prefix. Flags are written with atomic adds (acq_rel, GPU scope) after a CTA barrier, read with
 atomic adds of 0, and the data they guard with volatile loads.
 
+Mosaic GPU forward (linear_scan(..., fwd_mosaic=True); opt-in, SCAN_FWD_MOSAIC): a Mosaic GPU kernel
+(`plgpu.kernel`) with one warpgroup per (batch row, 128 channels), one channel a thread. Time tiles
+of a, x (in) and h (out) stream through a ring of shared-memory buffers by TMA
+(`plgpu.emit_pipeline`), and the float32 state is carried in registers from tile to tile.
+It applies on a GPU to 16-bit inputs with d a multiple of the block and t of the time tile.
+Elsewhere, and in the interpreter (which cannot run it), the Triton-lowered forward runs.
+On the H100 the prototype took 0.351 ms at B=8 T=4096 D=2560 bf16 (0.441 ms Triton-lowered) and
+0.983 ms at 16384 (1.401 ms) (results/h100/NOTES.md, session 8).
+
 Backward: one reverse-time pass with carry c = a_{t+1} δ_{t+1} (δ = dL/dh through all paths,
 c starts at dh_last): δ_t = dy_t + c, then dx_t = δ_t, da_t = δ_t h_{t-1}, c <- a_t δ_t, and
 dh0 = the final c. h_{t-1} is read from the saved forward output (in the input dtype, as the Triton
@@ -50,6 +59,12 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
+
+try:  # Mosaic GPU (the opt-in forward); jax 0.11 registers its lowering in this module
+    import jax._src.pallas.mosaic_gpu.pallas_call_registration
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+except ImportError:  # pragma: no cover - a jax without Mosaic GPU: the Triton-lowered forward
+    plgpu = None
 
 from kernels.rglru import MAX_SQRT_GRADIENT
 
@@ -82,6 +97,26 @@ SCAN_BWD_CONFIG = Config(block_t=32, block_d=32, num_warps=1, num_stages=2)
 SCAN_FWD_CHAINED = False
 SCAN_FWD_CHAINED_CONFIG = Config(block_t=32, block_d=64, num_warps=2, num_stages=1)
 RGLRU_FWD_CONFIG = Config(block_t=8, block_d=32, num_warps=1, num_stages=2)
+
+
+class MosaicConfig(NamedTuple):
+    """The Mosaic GPU forward: time steps per tile, channels per block (a multiple of 128: one
+    warpgroup, a channel or more a thread), shared-memory buffers per stream, and how many
+    tiles ahead of the one in use a and x are prefetched into L2 (0: none; the Triton kernel's
+    best was 2)."""
+
+    block_t: int = 64
+    block_d: int = 128
+    stages: int = 2
+    prefetch: int = 0
+
+
+# From the H100 prototype run (session 8, mosaic-scan-prototype.log): (64, 128, 2) was best at
+# both lengths, beside (32, 128, 3). Deeper rings that leave one block per SM (64 steps, 4
+# stages: 192 KB of shared memory) ran in two waves and were slower than the Triton-lowered
+# forward. Opt-in until the suite has measured it.
+SCAN_FWD_MOSAIC = False
+SCAN_FWD_MOSAIC_CONFIG = MosaicConfig()
 RGLRU_BWD_CONFIG = Config(block_t=8, block_d=32, num_warps=1, num_stages=2)
 
 INTERPRET_ENV = "GRIFFIN_BENCH_PALLAS_INTERPRET"
@@ -228,6 +263,69 @@ def _scan_bwd_kernel(
 
     c = _reverse_chunks(t, block_t, rows, cols.load(dhlast_ref, b))
     cols.store(dh0_ref, c, b)  # dh0 = a_0 δ_0
+
+
+def mosaic_applies(x, cfg: MosaicConfig = SCAN_FWD_MOSAIC_CONFIG) -> bool:
+    """Whether the Mosaic GPU forward can take x ([b, t, d]) with cfg: Mosaic GPU present,
+    16-bit floats, d a multiple of cfg.block_d (itself a multiple of 128), t of cfg.block_t."""
+    _, t, d = x.shape
+    return (
+        plgpu is not None
+        and x.dtype in (jnp.bfloat16, jnp.float16)
+        and cfg.block_d % 128 == 0
+        and d % cfg.block_d == 0
+        and t % cfg.block_t == 0
+    )
+
+
+def _scan_fwd_mosaic(a, x, h0, cfg: MosaicConfig):
+    """The forward pass as a Mosaic GPU kernel (`mosaic_applies` inputs; see the module doc)."""
+    b, t, d = x.shape
+    block_t, block_d = cfg.block_t, cfg.block_d
+
+    def kernel(a_gmem, x_gmem, h0_gmem, h_gmem, hlast_gmem):
+        row, blk = lax.axis_index("b"), lax.axis_index("d")
+        cols = pl.ds(blk * block_d, block_d)
+
+        def load_h0(smem, barrier):  # global -> shared (TMA) -> registers
+            plgpu.copy_gmem_to_smem(h0_gmem.at[row, cols], smem, barrier)
+            plgpu.barrier_wait(barrier)
+            return smem[...]
+
+        h = pl.run_scoped(load_h0, plgpu.SMEM((block_d,), _F32), plgpu.Barrier(num_arrivals=1))
+
+        n_tiles = t // block_t
+
+        def tile(idx, a_s, x_s, h_s, h):  # one time tile in shared memory; h: the state before it
+            if cfg.prefetch:  # a later tile (clamped to the last) on its way into L2
+                ahead = pl.ds(jnp.minimum(idx[0] + cfg.prefetch, n_tiles - 1) * block_t, block_t)
+                plgpu.async_prefetch(a_gmem.at[row, ahead, cols])
+                plgpu.async_prefetch(x_gmem.at[row, ahead, cols])
+            for i in range(block_t):
+                h = a_s[i].astype(_F32) * h + x_s[i].astype(_F32)
+                h_s[i] = h.astype(h_s.dtype)
+            return h
+
+        spec = pl.BlockSpec((block_t, block_d), lambda k: (k, blk))
+        h = plgpu.emit_pipeline(
+            tile, grid=(n_tiles,), in_specs=[spec, spec], out_specs=[spec],
+            max_concurrent_steps=cfg.stages, init_carry=h,
+        )(a_gmem.at[row], x_gmem.at[row], h_gmem.at[row])  # fmt: skip
+
+        def store_h_last(smem):  # registers -> shared -> global
+            smem[...] = h
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(smem, hlast_gmem.at[row, cols])
+            plgpu.wait_smem_to_gmem(0)
+
+        pl.run_scoped(store_h_last, plgpu.SMEM((block_d,), _F32))
+
+    return plgpu.kernel(
+        kernel,
+        out_type=(jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((b, d), _F32)),
+        grid=(b, d // block_d),
+        grid_names=("b", "d"),
+    )(a, x, h0)
 
 
 def _params(cfg: Config, interpret: bool) -> dict:
@@ -402,7 +500,11 @@ def _scan_bwd(a, h, h0, dh, dh_last, x_dtype, cfg: Config, interpret: bool):
     )(a, h, h0, dh, dh_last)
 
 
-def _scan_fwd_any(a, x, h0, cfg: Config, chained: bool, interpret: bool):
+def _scan_fwd_any(a, x, h0, cfg, chained: bool, interpret: bool):
+    """The forward pass: cfg a MosaicConfig (the Mosaic GPU kernel) or a Config (the
+    Triton-lowered kernels, chained or walking)."""
+    if isinstance(cfg, MosaicConfig):
+        return _scan_fwd_mosaic(a, x, h0, cfg)
     if chained:
         return _scan_fwd_chained(a, x, h0, cfg, interpret)
     return _scan_fwd(a, x, h0, cfg, interpret)
@@ -444,6 +546,8 @@ def linear_scan(
     fwd_config: Config | None = None,
     bwd_config: Config | None = None,
     fwd_chained: bool | None = None,
+    fwd_mosaic: bool | None = None,
+    mosaic_config: MosaicConfig | None = None,
     interpret: bool | None = None,
 ):
     """`h_t = a_t h_{t-1} + x_t` with Pallas kernels (forward and backward); as linear_scan_ref.
@@ -454,6 +558,10 @@ def linear_scan(
         SCAN_FWD_CHAINED_CONFIG for the chained forward / SCAN_BWD_CONFIG).
       fwd_chained: the forward as tiles chained across time (`_scan_fwd_chained`) instead of one
         program per channel block walking all of t (default SCAN_FWD_CHAINED, off).
+      fwd_mosaic: the Mosaic GPU forward (`_scan_fwd_mosaic`) where it applies: compiled (not
+        interpreted), not chained, `mosaic_applies(x, mosaic_config)`; elsewhere the
+        Triton-lowered forward (default SCAN_FWD_MOSAIC, off).
+      mosaic_config: its tile, block and buffers (default SCAN_FWD_MOSAIC_CONFIG).
       interpret: run in Pallas's interpreter (default: default_interpret()).
     Returns:
       h: [b, t, d] in x.dtype; h_last: float32 [b, d]. Differentiable in a, x and h0.
@@ -465,14 +573,22 @@ def linear_scan(
     if t == 0:
         return jnp.zeros(x.shape, x.dtype), state
     chained = SCAN_FWD_CHAINED if fwd_chained is None else bool(fwd_chained)
+    interpret = default_interpret() if interpret is None else bool(interpret)
+    fwd_cfg = _checked_config(
+        fwd_config or (SCAN_FWD_CHAINED_CONFIG if chained else SCAN_FWD_CONFIG)
+    )
+    mosaic = SCAN_FWD_MOSAIC if fwd_mosaic is None else bool(fwd_mosaic)
+    mosaic_cfg = MosaicConfig(*(mosaic_config or SCAN_FWD_MOSAIC_CONFIG))
+    if (
+        mosaic
+        and not interpret
+        and not chained
+        and a.dtype == x.dtype
+        and mosaic_applies(x, mosaic_cfg)
+    ):
+        fwd_cfg = mosaic_cfg
     return _linear_scan(
-        a,
-        x,
-        state,
-        _checked_config(fwd_config or (SCAN_FWD_CHAINED_CONFIG if chained else SCAN_FWD_CONFIG)),
-        _checked_config(bwd_config or SCAN_BWD_CONFIG),
-        chained,
-        default_interpret() if interpret is None else bool(interpret),
+        a, x, state, fwd_cfg, _checked_config(bwd_config or SCAN_BWD_CONFIG), chained, interpret
     )
 
 

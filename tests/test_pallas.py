@@ -456,3 +456,69 @@ def test_kernels_lower_to_triton_for_cuda():
         text = jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
         assert text.count("triton") >= 2  # the forward and the backward kernel
         assert ("griffin_scan_fwd_chained" in text) == (f is scan_chained)
+
+
+def test_mosaic_forward_applies_where_it_can():
+    """The Mosaic GPU forward takes 16-bit inputs with d a multiple of the block (a multiple of
+    128) and t of the time tile; elsewhere, and in the interpreter, the Triton-lowered forward
+    runs (same result)."""
+    cfg = P.MosaicConfig(block_t=8, block_d=128, stages=2)
+    x = jnp.zeros((2, 16, 256), jnp.bfloat16)
+    assert P.mosaic_applies(x, cfg) == (P.plgpu is not None)
+    assert not P.mosaic_applies(x[:, :12], cfg)  # t not a multiple of the tile
+    assert not P.mosaic_applies(x[..., :192], cfg)  # d not a multiple of the block
+    assert not P.mosaic_applies(x.astype(jnp.float32), cfg)
+    assert not P.mosaic_applies(x, P.MosaicConfig(8, 64, 2))  # not a warpgroup's channels
+    rng = np.random.default_rng(0)
+    a, x, h0 = scan_inputs(rng, 2, 16, 256, "bfloat16")
+    asked = P.linear_scan(a, x, h0, fwd_mosaic=True, mosaic_config=cfg, interpret=True)
+    plain = P.linear_scan(a, x, h0, interpret=True)
+    for got, ref in zip(asked, plain, strict=True):
+        np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(ref, np.float32))
+
+
+def test_mosaic_forward_lowers_for_cuda():
+    """Without a GPU: with fwd_mosaic, the forward lowers to a Mosaic GPU kernel for CUDA (the
+    backward stays the Triton-lowered one); where it does not apply, no Mosaic kernel."""
+    if P.plgpu is None:  # pragma: no cover - a jax without Mosaic GPU
+        pytest.skip("no Mosaic GPU in this jax")
+    cfg = P.MosaicConfig(block_t=16, block_d=128, stages=2)
+
+    def lowered(t, d):
+        a = jnp.ones((2, t, d), jnp.bfloat16)
+        h0 = jnp.zeros((2, d))
+
+        def f(a, x, h0):
+            out, vjp = jax.vjp(
+                lambda *p: P.linear_scan(*p, fwd_mosaic=True, mosaic_config=cfg, interpret=False),
+                a, x, h0,
+            )  # fmt: skip
+            return out, vjp(out)
+
+        return jax.jit(f).trace(a, a, h0).lower(lowering_platforms=("cuda",)).as_text()
+
+    text = lowered(64, 256)
+    assert "mosaic_gpu" in text and "griffin_scan_bwd" in text
+    assert "mosaic_gpu" not in lowered(60, 256)  # t not a multiple of the tile
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="Mosaic GPU runs on a GPU only")
+@pytest.mark.parametrize("shape", [(2, 128, 256), (1, 64, 128)], ids=str)
+def test_mosaic_forward_matches_the_reference_on_gpu(shape):
+    """On a GPU: the Mosaic GPU forward's h and h_last (and the gradients, through the
+    Triton-lowered backward) against the float64 oracle, bf16, with h0, several time tiles."""
+    b, t, d = shape
+    cfg = P.MosaicConfig(block_t=32, block_d=128, stages=2)
+    rng = np.random.default_rng(0)
+    a, x, h0 = scan_inputs(rng, b, t, d, "bfloat16")
+    gh, gl = rand(rng, b, t, d), rand(rng, b, d)
+    assert P.mosaic_applies(x, cfg)
+    out, vjp = jax.vjp(lambda *p: P.linear_scan(*p, fwd_mosaic=True, mosaic_config=cfg), a, x, h0)
+    grads = vjp((to_jax(gh, jnp.bfloat16), jnp.asarray(gl, jnp.float32)))
+    outs64, grads64 = torch_ref(
+        lambda a, x, h: linear_scan_torch(a, x, h), [as64(p) for p in (a, x, h0)], (), (gh, gl)
+    )
+    check("h", out[0], outs64[0], "bfloat16")
+    check("h_last", out[1], outs64[1], "float32")
+    for name, g, g64 in zip(("da", "dx", "dh0"), grads, grads64, strict=True):
+        check(name, g, g64, "bfloat16")

@@ -342,6 +342,43 @@ class OursJaxPallas:
         return _JaxOpHandle(op, backend, runs[op])
 
 
+class OursJaxMosaic:
+    """kernels.pallas.linear_scan with its Mosaic GPU forward (fwd_mosaic=True; the backward is
+    the Triton-lowered one), jitted. A GPU only: the interpreter cannot run Mosaic GPU, and a
+    shape the kernel does not take is an error, not a silent fallback."""
+
+    @staticmethod
+    def supports(op, device):
+        if op != "scan":
+            return f"only the scan (asked for {op})"
+        reason = _on_gpu(device, "the Mosaic GPU forward")
+        if reason:
+            return reason
+        import jax
+
+        from kernels import pallas
+
+        if jax.default_backend() != "gpu":
+            return f"JAX has no GPU backend here ({jax.default_backend()})"
+        return None if pallas.plgpu is not None else "this jax has no Mosaic GPU"
+
+    @staticmethod
+    def build(op, dtype, backend):
+        from kernels import pallas
+
+        def run(i):
+            cfg = pallas.SCAN_FWD_MOSAIC_CONFIG
+            if not pallas.mosaic_applies(i["x"], cfg):
+                raise ValueError(
+                    f"the Mosaic GPU forward does not take {i['x'].dtype} {list(i['x'].shape)}: "
+                    f"it needs bfloat16 or float16, d a multiple of {cfg.block_d} and t of "
+                    f"{cfg.block_t}"
+                )
+            return pallas.linear_scan(i["a"], i["x"], fwd_mosaic=True)[0]
+
+        return _JaxOpHandle(op, backend, run)
+
+
 class RecurrentGemmaJaxLinear(_JaxScan):
     """The official JAX scan as used on GPUs: lax.scan over time (LINEAR_NATIVE)."""
 

@@ -6,9 +6,10 @@ references (relative Frobenius error of outputs and gradients) before it is time
     python -m bench.probes.pallas_scan --out FILE.json [--t 4096] [--reps 20] [--scan-fwd-only]
 
 The chained scan forward (linear_scan(fwd_chained=True): one program per time tile x channel
-block, decoupled look-back) is swept over CHAINED_FWD_CONFIGS beside the default forward kernel;
---scan-fwd-only times just the scan forwards (default kernel, chained sweep, associative scan)
-and one forward+backward with the chained forward.
+block, decoupled look-back) is swept over CHAINED_FWD_CONFIGS, and the Mosaic GPU forward
+(linear_scan(fwd_mosaic=True)) over MOSAIC_FWD_CONFIGS, beside the default forward kernel;
+--scan-fwd-only times just the scan forwards (default kernel, chained and Mosaic sweeps,
+associative scan) and one forward+backward each with the Mosaic and the chained forward.
 
 Timing: jitted, block_until_ready, median of --reps calls after warm-up (compilation excluded).
 Forward+backward is one jitted call of jax.vjp (the forward kernel and the backward kernel).
@@ -55,6 +56,20 @@ CHAINED_FWD_CONFIGS = [
     P.Config(64, 64, 2, 1),
     P.Config(32, 128, 4, 1),
     P.Config(64, 128, 4, 1),
+]
+# the Mosaic GPU forward (linear_scan(fwd_mosaic=True)): (time tile, channels, shared-memory
+# buffers, L2 prefetch distance in tiles). Session 8's prototype: (64, 128, 2, 0) best; rings
+# that leave one block per SM (over ~113 KB of shared memory) run in two waves.
+MOSAIC_FWD_CONFIGS = [
+    P.MosaicConfig(64, 128, 2, 0),
+    P.MosaicConfig(64, 128, 2, 1),
+    P.MosaicConfig(64, 128, 2, 2),
+    P.MosaicConfig(32, 128, 3, 0),
+    P.MosaicConfig(32, 128, 3, 2),
+    P.MosaicConfig(32, 128, 4, 2),
+    P.MosaicConfig(16, 128, 6, 2),
+    P.MosaicConfig(32, 256, 2, 0),
+    P.MosaicConfig(32, 256, 2, 2),
 ]
 RGLRU_FWD_CONFIGS = [
     P.Config(8, 32, 1, 2),
@@ -146,7 +161,9 @@ def main() -> None:
     ap.add_argument("--t", type=int, default=4096)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument(
-        "--scan-fwd-only", action="store_true", help="only the scan forwards (and chained fwd+bwd)"
+        "--scan-fwd-only",
+        action="store_true",
+        help="only the scan forwards (and Mosaic / chained fwd+bwd)",
     )
     args = ap.parse_args()
     if jax.default_backend() != "gpu":
@@ -209,6 +226,14 @@ def main() -> None:
     for cfg in CHAINED_FWD_CONFIGS:
         f = jax.jit(lambda a, x, cfg=cfg: P.linear_scan(a, x, fwd_config=cfg, fwd_chained=True)[0])
         run_variant("scan", "fwd", "pallas-chained", cfg, f, (a, x), scan_fwd_ref)
+    for cfg in MOSAIC_FWD_CONFIGS:
+        f = jax.jit(
+            lambda a, x, cfg=cfg: P.linear_scan(a, x, fwd_mosaic=True, mosaic_config=cfg)[0]
+        )
+        run_variant("scan", "fwd", "pallas-mosaic", cfg, f, (a, x), scan_fwd_ref)
+    fb = fwd_bwd(lambda a, x: P.linear_scan(a, x, fwd_mosaic=True)[0], 2)
+    run_variant("scan", "fwdbwd", "pallas-mosaic(fwd)", P.SCAN_FWD_MOSAIC_CONFIG, fb, (a, x, dy),
+                scan_fb_ref)  # fmt: skip
     fb = fwd_bwd(lambda a, x: P.linear_scan(a, x, fwd_chained=True)[0], 2)
     run_variant("scan", "fwdbwd", "pallas-chained(fwd)", P.SCAN_FWD_CHAINED_CONFIG, fb,
                 (a, x, dy), scan_fb_ref)  # fmt: skip
@@ -252,6 +277,7 @@ def main() -> None:
             "SCAN_FWD_CONFIG": P.SCAN_FWD_CONFIG._asdict(),
             "SCAN_BWD_CONFIG": P.SCAN_BWD_CONFIG._asdict(),
             "SCAN_FWD_CHAINED_CONFIG": P.SCAN_FWD_CHAINED_CONFIG._asdict(),
+            "SCAN_FWD_MOSAIC_CONFIG": P.SCAN_FWD_MOSAIC_CONFIG._asdict(),
             "RGLRU_FWD_CONFIG": P.RGLRU_FWD_CONFIG._asdict(),
             "RGLRU_BWD_CONFIG": P.RGLRU_BWD_CONFIG._asdict(),
         },
