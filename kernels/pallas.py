@@ -97,6 +97,7 @@ SCAN_BWD_CONFIG = Config(block_t=32, block_d=32, num_warps=1, num_stages=2)
 SCAN_FWD_CHAINED = False
 SCAN_FWD_CHAINED_CONFIG = Config(block_t=32, block_d=64, num_warps=2, num_stages=1)
 RGLRU_FWD_CONFIG = Config(block_t=8, block_d=32, num_warps=1, num_stages=2)
+RGLRU_BWD_CONFIG = Config(block_t=8, block_d=32, num_warps=1, num_stages=2)
 
 
 class MosaicConfig(NamedTuple):
@@ -117,7 +118,6 @@ class MosaicConfig(NamedTuple):
 # forward. Opt-in until the suite has measured it.
 SCAN_FWD_MOSAIC = False
 SCAN_FWD_MOSAIC_CONFIG = MosaicConfig()
-RGLRU_BWD_CONFIG = Config(block_t=8, block_d=32, num_warps=1, num_stages=2)
 
 INTERPRET_ENV = "GRIFFIN_BENCH_PALLAS_INTERPRET"
 
@@ -561,7 +561,7 @@ def linear_scan(
       fwd_mosaic: the Mosaic GPU forward (`_scan_fwd_mosaic`) where it applies: compiled (not
         interpreted), not chained, `mosaic_applies(x, mosaic_config)`; elsewhere the
         Triton-lowered forward (default SCAN_FWD_MOSAIC, off).
-      mosaic_config: its tile, block and buffers (default SCAN_FWD_MOSAIC_CONFIG).
+      mosaic_config: its tile, block, buffers and L2 prefetch (default SCAN_FWD_MOSAIC_CONFIG).
       interpret: run in Pallas's interpreter (default: default_interpret()).
     Returns:
       h: [b, t, d] in x.dtype; h_last: float32 [b, d]. Differentiable in a, x and h0.
