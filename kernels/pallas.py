@@ -32,7 +32,7 @@ of a, x (in) and h (out) stream through a ring of shared-memory buffers by TMA
 (`plgpu.emit_pipeline`), and the float32 state is carried in registers from tile to tile.
 It applies on a GPU to 16-bit inputs with d a multiple of the block and t of the time tile.
 Elsewhere, and in the interpreter (which cannot run it), the Triton-lowered forward runs.
-On the H100 the prototype took 0.351 ms at B=8 T=4096 D=2560 bf16 (0.441 ms Triton-lowered) and
+On the H100 the prototype took 0.351 ms (host-timed) at B=8 T=4096 D=2560 bf16 (0.441 ms Triton-lowered) and
 0.983 ms at 16384 (1.401 ms) (results/h100/NOTES.md, session 8).
 
 Backward: one reverse-time pass with carry c = a_{t+1} δ_{t+1} (δ = dL/dh through all paths,
@@ -113,9 +113,9 @@ class MosaicConfig(NamedTuple):
 
 
 # From the H100 prototype run (session 8, mosaic-scan-prototype.log): (64, 128, 2) was best at
-# both lengths, beside (32, 128, 3). Deeper rings that leave one block per SM (64 steps, 4
-# stages: 192 KB of shared memory) ran in two waves and were slower than the Triton-lowered
-# forward. Opt-in until the suite has measured it.
+# both lengths, beside (32, 128, 3). (64, 128, 4), whose 192 KB of shared memory leave room for
+# one block an SM, was slower than the Triton-lowered forward. Opt-in until the suite has
+# measured it.
 SCAN_FWD_MOSAIC = False
 SCAN_FWD_MOSAIC_CONFIG = MosaicConfig()
 

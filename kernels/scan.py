@@ -202,6 +202,7 @@ def _packed_tile(va, vx, h0, h1, h2, h3, PACK: tl.constexpr, IS_BF16: tl.constex
 
 @triton.jit
 def _row(tile, r, BLOCK_T: tl.constexpr):
+    """Row r of a tile, r known only at run time (whole tiles take _last_row)."""
     rows = tl.arange(0, BLOCK_T)[:, None]
     return tl.sum(tl.where(rows == r, tile, 0.0), axis=0)
 
@@ -212,6 +213,15 @@ def _prefetch_l2(ptrs):
     request). Not in the interpreter (PTX)."""
     tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n mov.u32 $0, 0;", "=r,l", [ptrs],
                               dtype=tl.int32, is_pure=False, pack=1)  # fmt: skip
+
+
+@triton.jit
+def _load_words(ptr, offs, mask, WHOLE: tl.constexpr):
+    """Words at offs; masked (0 outside) unless WHOLE says every one is in range."""
+    if WHOLE:
+        return tl.load(ptr + offs)
+    else:
+        return tl.load(ptr + offs, mask=mask, other=0)
 
 
 # the word pointers are not specialised on 16-byte alignment: the compiler then cannot vectorise
@@ -253,12 +263,8 @@ def _scan_fwd_packed_kernel(
     n_full = T // BLOCK_T
     step = BLOCK_T * STRIDE_T
     tile = pid_b.to(tl.int64) * T * STRIDE_T + offs_p[None, :] + rows * STRIDE_T
-    if EVEN_D:
-        va = tl.load(a_ptr + tile)
-        vx = tl.load(x_ptr + tile)
-    else:
-        va = tl.load(a_ptr + tile, mask=dmask, other=0)
-        vx = tl.load(x_ptr + tile, mask=dmask, other=0)
+    va = _load_words(a_ptr, tile, dmask, EVEN_D)
+    vx = _load_words(x_ptr, tile, dmask, EVEN_D)
     for i in range(0, n_full):  # whole tiles
         # the next whole tile's loads go out before this tile's scan (the last whole tile
         # reloads itself: the tile after it may not exist)
@@ -267,29 +273,25 @@ def _scan_fwd_packed_kernel(
             far = tile + tl.minimum(L2_TILES, n_full - 1 - i) * step
             _prefetch_l2(a_ptr + far)
             _prefetch_l2(x_ptr + far)
-        if EVEN_D:
-            va_next = tl.load(a_ptr + nxt)
-            vx_next = tl.load(x_ptr + nxt)
-        else:
-            va_next = tl.load(a_ptr + nxt, mask=dmask, other=0)
-            vx_next = tl.load(x_ptr + nxt, mask=dmask, other=0)
+        va_next = _load_words(a_ptr, nxt, dmask, EVEN_D)
+        vx_next = _load_words(x_ptr, nxt, dmask, EVEN_D)
         out, hs0, hs1, hs2, hs3 = _packed_tile(va, vx, h0, h1, h2, h3, PACK, IS_BF16, BLOCK_T)
         if EVEN_D:
             tl.store(h_ptr + tile, out)
         else:
             tl.store(h_ptr + tile, out, mask=dmask)
-        h0 = _row(hs0, BLOCK_T - 1, BLOCK_T)
-        h1 = _row(hs1, BLOCK_T - 1, BLOCK_T)
-        h2 = _row(hs2, BLOCK_T - 1, BLOCK_T)
-        h3 = _row(hs3, BLOCK_T - 1, BLOCK_T)
+        h0 = _last_row(hs0, BLOCK_T)
+        h1 = _last_row(hs1, BLOCK_T)
+        h2 = _last_row(hs2, BLOCK_T)
+        h3 = _last_row(hs3, BLOCK_T)
         va = va_next
         vx = vx_next
         tile = tile + step
     t0 = n_full * BLOCK_T
     if t0 < T:  # the last, partial tile
         mask = (t0 + rows < T) & dmask
-        va = tl.load(a_ptr + tile, mask=mask, other=0)
-        vx = tl.load(x_ptr + tile, mask=mask, other=0)
+        va = _load_words(a_ptr, tile, mask, False)
+        vx = _load_words(x_ptr, tile, mask, False)
         out, hs0, hs1, hs2, hs3 = _packed_tile(va, vx, h0, h1, h2, h3, PACK, IS_BF16, BLOCK_T)
         tl.store(h_ptr + tile, out, mask=mask)
         h0 = _row(hs0, T - 1 - t0, BLOCK_T)
