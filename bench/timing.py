@@ -1,7 +1,12 @@
 """The ONE timer per backend.
 
 - torch on a GPU: CUDA events around each repetition, one synchronisation after all of them;
-- JAX: `jax.block_until_ready` on the outputs, a monotonic clock;
+- JAX: rounds of back-to-back calls, one `jax.block_until_ready` on the last call's outputs, a
+  monotonic clock; a sample is a round's time over its calls. JAX has no device events, and a sync
+  after every call would put the host's round trip to the device (tens of microseconds) into each
+  sample, which torch's events and CUDA-graph replays leave out (the measurement rules: no host
+  sync inside the timed region). Calls with a `setup` (run before each call, outside the timed
+  region) are timed one at a time;
 - CPU (torch): a monotonic clock.
 
 Every timer does the same thing: one first call (compilation, autotuning, caches: recorded apart as
@@ -32,6 +37,7 @@ class Timing:
     samples_ms: list[float]
     first_ms: float
     warmup: int
+    calls_per_sample: int = 1  # back-to-back calls a sample averages (JAX rounds); 1 elsewhere
 
     @property
     def median_ms(self) -> float:
@@ -52,6 +58,7 @@ class Timing:
             "reps": len(self.samples_ms),
             "first_ms": self.first_ms,
             "warmup": self.warmup,
+            "calls_per_sample": self.calls_per_sample,
             "samples_ms": [round(x, 6) for x in self.samples_ms],
         }
 
@@ -79,7 +86,26 @@ class _Timer:
             self.sync(fn(*args))
             last_ms = (time.perf_counter() - t0) * 1e3
         reps = int(min(max(cfg.budget_s * 1e3 / max(last_ms, 1e-3), cfg.min_reps), cfg.max_reps))
+        calls = self.calls_per_sample(last_ms) if setup is None else 1
+        if calls > 1:
+            samples = self._rounds(fn, max(cfg.min_reps, math.ceil(reps / calls)), calls)
+            return Timing(samples, first_ms, cfg.warmup, calls)
         return Timing(self._repeat(fn, setup, reps), first_ms, cfg.warmup)
+
+    def calls_per_sample(self, call_ms: float) -> int:
+        """Back-to-back calls a sample averages, given one synced call's time: 1 (every call
+        its own sample) but for the JAX timer."""
+        return 1
+
+    def _rounds(self, fn, n: int, calls: int) -> list[float]:
+        samples = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            for _ in range(calls - 1):
+                fn()
+            self.sync(fn())
+            samples.append((time.perf_counter() - t0) * 1e3 / calls)
+        return samples
 
     def _repeat(self, fn, setup, reps: int) -> list[float]:
         samples = []
@@ -97,7 +123,14 @@ class CpuTimer(_Timer):
 
 
 class JaxTimer(_Timer):
-    kind = "block_until_ready"
+    """Rounds of back-to-back calls, each round's last outputs synced (see the module doc)."""
+
+    kind = "block_until_ready_rounds"
+    ROUND_MS = 10.0  # a round lasts about this long (the last synced call's time decides)
+    MAX_CALLS = 100
+
+    def calls_per_sample(self, call_ms: float) -> int:
+        return max(1, min(self.MAX_CALLS, math.ceil(self.ROUND_MS / max(call_ms, 1e-3))))
 
     def sync(self, out) -> None:
         import jax

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench import analytic
-from bench.timing import CpuTimer, TimingConfig
+from bench.timing import CpuTimer, JaxTimer, TimingConfig
 from bench.workloads import Measurement, Timing, derive, workload
 from models.config import preset
 from models.torch import Model
@@ -38,6 +38,50 @@ def test_timer_reps_follow_the_budget():
         cfg=TimingConfig(warmup=1, min_reps=3, max_reps=1000, budget_s=0.05),
     )
     assert 3 <= len(timing.samples_ms) <= 60
+
+
+class _CountingJaxTimer(JaxTimer):
+    def __init__(self):
+        self.synced = 0
+
+    def sync(self, out) -> None:  # counts the syncs of outputs (not of a setup's empty args)
+        self.synced += not (isinstance(out, tuple) and not out)
+        super().sync(out)
+
+
+def test_jax_timer_syncs_once_a_round():
+    """JAX: back-to-back calls, one block_until_ready a round; a sample is the round's mean."""
+    import jax.numpy as jnp
+
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.002)
+        return jnp.ones(3)
+
+    timer = _CountingJaxTimer()
+    timing = timer.measure(fn, cfg=TimingConfig(warmup=2, min_reps=3, max_reps=12, budget_s=0.0))
+    k = timing.calls_per_sample
+    assert k == timer.calls_per_sample(2.0) and 3 <= k <= 5  # ceil(10 ms / a synced call's ~2+ ms)
+    assert len(timing.samples_ms) == 3 and len(calls) == 2 + 3 * k
+    assert timer.synced == 2 + 3  # the warm-up calls, then one per round
+    assert all(1.9 < s < 4 for s in timing.samples_ms)  # per call, not per round
+    assert timing.summary()["calls_per_sample"] == k
+
+
+def test_jax_timer_times_calls_with_a_setup_one_at_a_time():
+    import jax.numpy as jnp
+
+    timer = _CountingJaxTimer()
+    timing = timer.measure(
+        lambda x: x + 1,
+        setup=lambda: (jnp.zeros(3),),
+        cfg=TimingConfig(warmup=1, min_reps=4, max_reps=4, budget_s=0.0),
+    )
+    assert timing.calls_per_sample == 1 and len(timing.samples_ms) == 4
+    assert JaxTimer().calls_per_sample(0.05) == JaxTimer.MAX_CALLS
+    assert JaxTimer().calls_per_sample(50.0) == 1
 
 
 def test_derived_metrics_use_the_measured_ceilings():

@@ -4,6 +4,7 @@ the benchmark shape (B=8, T=4096, D=2560, bf16), for a few block configurations,
 references (relative Frobenius error of outputs and gradients) before it is timed.
 
     python -m bench.probes.pallas_scan --out FILE.json [--t 4096] [--reps 20] [--scan-fwd-only]
+        [--kernel-times]
 
 The chained scan forward (linear_scan(fwd_chained=True): one program per time tile x channel
 block, decoupled look-back) is swept over CHAINED_FWD_CONFIGS, and the Mosaic GPU forward
@@ -11,7 +12,10 @@ block, decoupled look-back) is swept over CHAINED_FWD_CONFIGS, and the Mosaic GP
 --scan-fwd-only times just the scan forwards (default kernel, chained and Mosaic sweeps,
 associative scan) and one forward+backward each with the Mosaic and the chained forward.
 
-Timing: jitted, block_until_ready, median of --reps calls after warm-up (compilation excluded).
+Timing: jitted, compilation excluded; the median a call as the suite's JaxTimer takes it (rounds
+of back-to-back calls, one block_until_ready a round), beside the median of --reps calls synced
+one at a time (the host's round trip included) and, with --kernel-times, the kernels' GPU time a
+call from a CUPTI trace.
 Forward+backward is one jitted call of jax.vjp (the forward kernel and the backward kernel).
 """
 
@@ -20,12 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench.timing import JaxTimer, TimingConfig
 from kernels import pallas as P
 from kernels.rglru_jax import rg_lru_ref, sqrt_bound_derivative
 from kernels.scan_jax import linear_scan_ref
@@ -80,15 +87,48 @@ RGLRU_FWD_CONFIGS = [
 RGLRU_BWD_CONFIGS = [P.Config(8, 32, 1, 2), P.Config(4, 32, 1, 2), P.Config(8, 64, 1, 2)]
 
 
-def time_ms(fn, *args, reps: int, warmup: int = 3) -> tuple[float, list[float]]:
+def time_ms(fn, *args, reps: int, warmup: int = 3) -> tuple[float, list[float], float]:
+    """(median ms a call as the suite's JaxTimer takes it: rounds of back-to-back calls, one
+    sync a round; its samples; median ms of calls synced one at a time, the host's round trip
+    to the device included)."""
     for _ in range(warmup):
         jax.block_until_ready(fn(*args))
-    samples = []
+    synced = []
     for _ in range(reps):
         t0 = time.perf_counter()
         jax.block_until_ready(fn(*args))
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples), samples
+        synced.append((time.perf_counter() - t0) * 1e3)
+    timing = JaxTimer().measure(
+        lambda: fn(*args), cfg=TimingConfig(warmup=1, min_reps=reps, max_reps=reps * 100)
+    )
+    return timing.median_ms, timing.samples_ms, statistics.median(synced)
+
+
+def kernel_us(fn, *args, calls: int = 20) -> dict | None:
+    """GPU time of `calls` back-to-back calls as torch.profiler's CUPTI trace sees it (it is
+    process-wide, so it sees XLA's and Pallas's kernels): busy µs a call and each kernel's
+    µs a call. None without torch's CUDA."""
+    try:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.init()
+    jax.block_until_ready(fn(*args))
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            out = fn(*args)
+        jax.block_until_ready(out)
+    with tempfile.TemporaryDirectory() as tmp:  # the trace's kernel events (as .gpu scripts read)
+        prof.export_chrome_trace(f"{tmp}/trace.json")
+        events = json.loads(Path(f"{tmp}/trace.json").read_text())["traceEvents"]
+    by_name: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset"):
+            by_name[e["name"][:80]] = by_name.get(e["name"][:80], 0.0) + e["dur"] / calls
+    return {"busy_us": sum(by_name.values()), "kernels_us": by_name}
 
 
 @jax.jit
@@ -165,6 +205,11 @@ def main() -> None:
         action="store_true",
         help="only the scan forwards (and Mosaic / chained fwd+bwd)",
     )
+    ap.add_argument(
+        "--kernel-times",
+        action="store_true",
+        help="also each variant's GPU kernel time a call, from a torch.profiler (CUPTI) trace",
+    )
     args = ap.parse_args()
     if jax.default_backend() != "gpu":
         raise SystemExit(f"needs a CUDA JAX backend; this one is {jax.default_backend()!r}")
@@ -177,7 +222,7 @@ def main() -> None:
     rows: list[dict] = []
     start = time.perf_counter()
 
-    def record(op, mode, impl, cfg, ms, samples, errs, compile_s):
+    def record(op, mode, impl, cfg, ms, samples, errs, compile_s, synced_ms=None, kernels=None):
         tensors = TENSORS[op][mode == "fwdbwd"]
         row = {
             "op": op,
@@ -189,13 +234,16 @@ def main() -> None:
             "gbps": tensors * n * 2 / (ms * 1e-3) / 1e9,
             "rel_err": errs,
             "compile_s": compile_s,
+            "synced_ms": synced_ms,
+            "kernels": kernels,
         }
         rows.append(row)
         worst = max(errs.values()) if errs else float("nan")
+        busy = f" kernels {kernels['busy_us'] / 1e3:.3f} ms" if kernels else ""
         print(
             f"{op:6s} {mode:7s} {impl:22s} {tuple(cfg) if cfg else ''!s:18s} "
-            f"{ms:8.3f} ms {row['gbps']:7.0f} GB/s  max rel err {worst:.2e}  "
-            f"(compile {compile_s:.1f} s)",
+            f"{ms:8.3f} ms {row['gbps']:7.0f} GB/s (synced {synced_ms:.3f} ms{busy})  "
+            f"max rel err {worst:.2e}  (compile {compile_s:.1f} s)",
             flush=True,
         )
 
@@ -206,8 +254,9 @@ def main() -> None:
             compile_s = time.perf_counter() - t0
             flat_out = jax.tree_util.tree_leaves(out)
             errs = {name: rel(o, r) for (name, r), o in zip(ref.items(), flat_out, strict=True)}
-            ms, samples = time_ms(fn, *fargs, reps=reps)
-            record(op, mode, impl, cfg, ms, samples, errs, compile_s)
+            ms, samples, synced_ms = time_ms(fn, *fargs, reps=reps)
+            kernels = kernel_us(fn, *fargs) if args.kernel_times else None
+            record(op, mode, impl, cfg, ms, samples, errs, compile_s, synced_ms, kernels)
         except Exception as exc:  # a config that does not compile is recorded, the sweep goes on
             rows.append({"op": op, "mode": mode, "impl": impl, "config": cfg and cfg._asdict(),
                          "error": f"{type(exc).__name__}: {exc}"[:2000]})  # fmt: skip
