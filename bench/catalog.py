@@ -106,11 +106,12 @@ IMPLEMENTATIONS += (
     Implementation("ours-triton", "torch", _K + "OursTriton", ("torch", "triton"), "ours",
                    "our Triton kernels (kernels.scan / rglru / conv1d), forward and backward", _ALL),
     Implementation("ours-jax-pallas", "jax", _K + "OursJaxPallas", ("jax",), "ours",
-                   "our JAX Pallas kernels (kernels.pallas, Triton lowering): scan and fused RG-LRU, "
-                   "forward and backward, jitted", ("scan", "rglru")),
-    Implementation("ours-jax-mosaic", "jax", _K + "OursJaxMosaic", ("jax",), "ours",
-                   "our JAX scan with its Mosaic GPU forward (kernels.pallas, fwd_mosaic=True; the "
-                   "Triton-lowered backward), jitted; a GPU only", ("scan",)),
+                   "our JAX Pallas kernels (kernels.pallas): scan and fused RG-LRU, forward and "
+                   "backward, jitted; the scan forward in Mosaic GPU where it applies, the rest "
+                   "Triton-lowered", ("scan", "rglru")),
+    Implementation("ours-jax-pallas-triton", "jax", _K + "OursJaxPallasTriton", ("jax",), "ours",
+                   "our JAX scan with its Triton-lowered forward (kernels.pallas, fwd_mosaic=False: "
+                   "where Mosaic GPU does not apply), jitted", ("scan",)),
     Implementation("ours-torch-loop", "torch", _K + "OursReference", ("torch",), "ours",
                    "the kernels' _ref twins: plain torch, the scan a loop over time", _ALL),
     Implementation("torch-unfused-rglru", "torch", _K + "TorchUnfused", ("torch", "triton"), "peer",

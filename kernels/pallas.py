@@ -26,14 +26,15 @@ published its inclusive prefix), fixes up its rows with the entering state and p
 prefix. Flags are written with atomic adds (acq_rel, GPU scope) after a CTA barrier, read with
 atomic adds of 0, and the data they guard with volatile loads.
 
-Mosaic GPU forward (linear_scan(..., fwd_mosaic=True); opt-in, SCAN_FWD_MOSAIC): a Mosaic GPU kernel
-(`plgpu.kernel`) with one warpgroup per (batch row, 128 channels), one channel a thread. Time tiles
-of a, x (in) and h (out) stream through a ring of shared-memory buffers by TMA
-(`plgpu.emit_pipeline`), and the float32 state is carried in registers from tile to tile.
-It applies on a GPU to 16-bit inputs with d a multiple of the block and t of the time tile.
-Elsewhere, and in the interpreter (which cannot run it), the Triton-lowered forward runs.
-On the H100 the prototype took 0.351 ms (host-timed) at B=8 T=4096 D=2560 bf16 (0.441 ms Triton-lowered) and
-0.983 ms at 16384 (1.401 ms) (results/h100/NOTES.md, session 8).
+Mosaic GPU forward (the default where it applies; SCAN_FWD_MOSAIC, linear_scan(fwd_mosaic=...)):
+a Mosaic GPU kernel (`plgpu.kernel`) with one warpgroup per (batch row, 128 channels), one
+channel a thread. Time tiles of a, x (in) and h (out) stream through a ring of shared-memory
+buffers by TMA (`plgpu.emit_pipeline`), and the float32 state is carried in registers from tile
+to tile. It applies on a GPU to 16-bit inputs with d a multiple of the block and t of the time
+tile. Elsewhere, and in the interpreter (which cannot run it), the Triton-lowered forward runs.
+On the H100 at B=8 D=2560 bf16 (results/h100/NOTES.md, session 9; rounds of back-to-back calls,
+as the suite's JAX timer): 0.200 ms at T=4096 (84% of copy; the Triton-lowered forward 0.292 ms)
+and 0.781 ms at 16384 (1.169 ms).
 
 Backward: one reverse-time pass with carry c = a_{t+1} δ_{t+1} (δ = dL/dh through all paths,
 c starts at dh_last): δ_t = dy_t + c, then dx_t = δ_t, da_t = δ_t h_{t-1}, c <- a_t δ_t, and
@@ -60,7 +61,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
-try:  # Mosaic GPU (the opt-in forward); jax 0.11 registers its lowering in this module
+try:  # Mosaic GPU (the default scan forward on a GPU); jax 0.11 registers its lowering in this module
     import jax._src.pallas.mosaic_gpu.pallas_call_registration
     from jax.experimental.pallas import mosaic_gpu as plgpu
 except ImportError:  # pragma: no cover - a jax without Mosaic GPU: the Triton-lowered forward
@@ -112,11 +113,10 @@ class MosaicConfig(NamedTuple):
     prefetch: int = 0
 
 
-# From the H100 prototype run (session 8, mosaic-scan-prototype.log): (64, 128, 2) was best at
-# both lengths, beside (32, 128, 3). (64, 128, 4), whose 192 KB of shared memory leave room for
-# one block an SM, was slower than the Triton-lowered forward. Opt-in until the suite has
-# measured it.
-SCAN_FWD_MOSAIC = False
+# The H100 sweep (session 9, probes/session9/pallas-scan-*.log; B=8 D=2560 bf16): (64, 128, 2, 0)
+# was best at T=4096 and 16384 (0.200 / 0.781 ms); an L2 prefetch 1 or 2 tiles ahead, more
+# buffers with shorter tiles, and 256 channels a block were all 7-27% slower at T=4096.
+SCAN_FWD_MOSAIC = True
 SCAN_FWD_MOSAIC_CONFIG = MosaicConfig()
 
 INTERPRET_ENV = "GRIFFIN_BENCH_PALLAS_INTERPRET"
@@ -560,7 +560,7 @@ def linear_scan(
         program per channel block walking all of t (default SCAN_FWD_CHAINED, off).
       fwd_mosaic: the Mosaic GPU forward (`_scan_fwd_mosaic`) where it applies: compiled (not
         interpreted), not chained, `mosaic_applies(x, mosaic_config)`; elsewhere the
-        Triton-lowered forward (default SCAN_FWD_MOSAIC, off).
+        Triton-lowered forward (default SCAN_FWD_MOSAIC, on).
       mosaic_config: its tile, block, buffers and L2 prefetch (default SCAN_FWD_MOSAIC_CONFIG).
       interpret: run in Pallas's interpreter (default: default_interpret()).
     Returns:

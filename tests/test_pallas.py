@@ -484,13 +484,15 @@ def test_mosaic_forward_lowers_for_cuda():
         pytest.skip("no Mosaic GPU in this jax")
     cfg = P.MosaicConfig(block_t=16, block_d=128, stages=2)
 
-    def lowered(t, d):
+    def lowered(t, d, mosaic=True, config=cfg):
         a = jnp.ones((2, t, d), jnp.bfloat16)
         h0 = jnp.zeros((2, d))
 
         def f(a, x, h0):
             out, vjp = jax.vjp(
-                lambda *p: P.linear_scan(*p, fwd_mosaic=True, mosaic_config=cfg, interpret=False),
+                lambda *p: P.linear_scan(
+                    *p, fwd_mosaic=mosaic, mosaic_config=config, interpret=False
+                ),
                 a, x, h0,
             )  # fmt: skip
             return out, vjp(out)
@@ -500,6 +502,9 @@ def test_mosaic_forward_lowers_for_cuda():
     text = lowered(64, 256)
     assert "mosaic_gpu" in text and "griffin_scan_bwd" in text
     assert "mosaic_gpu" not in lowered(60, 256)  # t not a multiple of the tile
+    # the default (SCAN_FWD_MOSAIC, on): the Mosaic forward with its default config; off: none
+    assert P.SCAN_FWD_MOSAIC and "mosaic_gpu" in lowered(128, 256, mosaic=None, config=None)
+    assert "mosaic_gpu" not in lowered(64, 256, mosaic=False)
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="Mosaic GPU runs on a GPU only")

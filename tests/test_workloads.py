@@ -63,7 +63,7 @@ def test_jax_timer_syncs_once_a_round():
     timer = _CountingJaxTimer()
     timing = timer.measure(fn, cfg=TimingConfig(warmup=2, min_reps=3, max_reps=12, budget_s=0.0))
     k = timing.calls_per_sample
-    assert k == timer.calls_per_sample(2.0) and 3 <= k <= 5  # ceil(10 ms / a synced call's ~2+ ms)
+    assert 3 <= k <= 5  # ceil(10 ms / a synced call of 2 ms and more)
     assert len(timing.samples_ms) == 3 and len(calls) == 2 + 3 * k
     assert timer.synced == 2 + 3  # the warm-up calls, then one per round
     assert all(1.9 < s < 4 for s in timing.samples_ms)  # per call, not per round

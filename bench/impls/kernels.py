@@ -316,8 +316,9 @@ class _JaxOpHandle:
 
 
 class OursJaxPallas:
-    """kernels.pallas.linear_scan and rg_lru: JAX Pallas kernels (Triton lowering), jitted; on
-    a CPU they run in Pallas's interpreter (correct, not fast)."""
+    """kernels.pallas.linear_scan and rg_lru: JAX Pallas kernels, jitted (the scan's forward in
+    Mosaic GPU where it applies, the rest Triton-lowered); on a CPU they run in Pallas's
+    interpreter (correct, not fast)."""
 
     @staticmethod
     def supports(op, device):
@@ -342,41 +343,24 @@ class OursJaxPallas:
         return _JaxOpHandle(op, backend, runs[op])
 
 
-class OursJaxMosaic:
-    """kernels.pallas.linear_scan with its Mosaic GPU forward (fwd_mosaic=True; the backward is
-    the Triton-lowered one), jitted. A GPU only: the interpreter cannot run Mosaic GPU, and a
-    shape the kernel does not take is an error, not a silent fallback."""
+class OursJaxPallasTriton:
+    """kernels.pallas.linear_scan with the Triton-lowered forward (fwd_mosaic=False): the
+    forward ours-jax-pallas takes where the Mosaic GPU one does not apply (a jax without Mosaic
+    GPU, float32, d not a multiple of 128), measured beside it on the same shapes."""
 
     @staticmethod
     def supports(op, device):
         if op != "scan":
             return f"only the scan (asked for {op})"
-        reason = _on_gpu(device, "the Mosaic GPU forward")
-        if reason:
-            return reason
-        import jax
-
-        from kernels import pallas
-
-        if jax.default_backend() != "gpu":
-            return f"JAX has no GPU backend here ({jax.default_backend()})"
-        return None if pallas.plgpu is not None else "this jax has no Mosaic GPU"
+        return OursJaxPallas.supports(op, device)
 
     @staticmethod
     def build(op, dtype, backend):
         from kernels import pallas
 
-        def run(i):
-            cfg = pallas.SCAN_FWD_MOSAIC_CONFIG
-            if not pallas.mosaic_applies(i["x"], cfg):
-                raise ValueError(
-                    f"the Mosaic GPU forward does not take {i['x'].dtype} {list(i['x'].shape)}: "
-                    f"it needs bfloat16 or float16, d a multiple of {cfg.block_d} and t of "
-                    f"{cfg.block_t}"
-                )
-            return pallas.linear_scan(i["a"], i["x"], fwd_mosaic=True)[0]
-
-        return _JaxOpHandle(op, backend, run)
+        return _JaxOpHandle(
+            op, backend, lambda i: pallas.linear_scan(i["a"], i["x"], fwd_mosaic=False)[0]
+        )
 
 
 class RecurrentGemmaJaxLinear(_JaxScan):
