@@ -38,10 +38,6 @@ FWD_CONFIG = (128, 32, 1, True, 3)
 # reached 90% of copy at T=4096 and 96% at 16384, 2 a word 87% and 91%; L2_TILES 2 (64 steps
 # ahead) beat 1, 3, 4, 6 and 8 at both lengths
 FWD_PACKED_CONFIG = {4: (32, 32, 1, 2), 2: (32, 32, 1, 2)}
-# streaming cache hints in the packed forward's whole tiles: a and x loaded evict-first, h stored
-# evict-first (each byte is touched once; L2 keeps the prefetched tiles instead). Untested on a
-# GPU until session 9's sweep (probe kernel_configs, grid "top", a sixth config element).
-FWD_PACKED_STREAM = False
 # the chained forward (_forward_chained; not the default: on the H100 it reached 63% of copy at
 # T=4096 and 67% at 16384, against the walking forward's 74% and 79%; results/h100/NOTES.md,
 # session 6):
@@ -220,24 +216,12 @@ def _prefetch_l2(ptrs):
 
 
 @triton.jit
-def _load_words(ptr, offs, mask, WHOLE: tl.constexpr, STREAM: tl.constexpr = False):
-    """Words at offs; masked (0 outside) unless WHOLE says every one is in range; evict-first
-    in L2 with STREAM."""
-    policy: tl.constexpr = "evict_first" if STREAM else ""
+def _load_words(ptr, offs, mask, WHOLE: tl.constexpr):
+    """Words at offs; masked (0 outside) unless WHOLE says every one is in range."""
     if WHOLE:
-        return tl.load(ptr + offs, eviction_policy=policy)
+        return tl.load(ptr + offs)
     else:
-        return tl.load(ptr + offs, mask=mask, other=0, eviction_policy=policy)
-
-
-@triton.jit
-def _store_words(ptr, offs, value, mask, WHOLE: tl.constexpr, STREAM: tl.constexpr):
-    """Store words at offs (masked unless WHOLE); evict-first in L2 with STREAM."""
-    policy: tl.constexpr = "evict_first" if STREAM else ""
-    if WHOLE:
-        tl.store(ptr + offs, value, eviction_policy=policy)
-    else:
-        tl.store(ptr + offs, value, mask=mask, eviction_policy=policy)
+        return tl.load(ptr + offs, mask=mask, other=0)
 
 
 # the word pointers are not specialised on 16-byte alignment: the compiler then cannot vectorise
@@ -255,7 +239,6 @@ def _scan_fwd_packed_kernel(
     # at constant offsets from one address)
     STRIDE_T: tl.constexpr, HAS_H0: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
     PACK: tl.constexpr, IS_BF16: tl.constexpr, EVEN_D: tl.constexpr, L2_TILES: tl.constexpr,
-    STREAM: tl.constexpr,
 ):  # fmt: skip
     pid_p, pid_b = tl.program_id(0), tl.program_id(1)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -280,8 +263,8 @@ def _scan_fwd_packed_kernel(
     n_full = T // BLOCK_T
     step = BLOCK_T * STRIDE_T
     tile = pid_b.to(tl.int64) * T * STRIDE_T + offs_p[None, :] + rows * STRIDE_T
-    va = _load_words(a_ptr, tile, dmask, EVEN_D, STREAM)
-    vx = _load_words(x_ptr, tile, dmask, EVEN_D, STREAM)
+    va = _load_words(a_ptr, tile, dmask, EVEN_D)
+    vx = _load_words(x_ptr, tile, dmask, EVEN_D)
     for i in range(0, n_full):  # whole tiles
         # the next whole tile's loads go out before this tile's scan (the last whole tile
         # reloads itself: the tile after it may not exist)
@@ -290,10 +273,13 @@ def _scan_fwd_packed_kernel(
             far = tile + tl.minimum(L2_TILES, n_full - 1 - i) * step
             _prefetch_l2(a_ptr + far)
             _prefetch_l2(x_ptr + far)
-        va_next = _load_words(a_ptr, nxt, dmask, EVEN_D, STREAM)
-        vx_next = _load_words(x_ptr, nxt, dmask, EVEN_D, STREAM)
+        va_next = _load_words(a_ptr, nxt, dmask, EVEN_D)
+        vx_next = _load_words(x_ptr, nxt, dmask, EVEN_D)
         out, hs0, hs1, hs2, hs3 = _packed_tile(va, vx, h0, h1, h2, h3, PACK, IS_BF16, BLOCK_T)
-        _store_words(h_ptr, tile, out, dmask, EVEN_D, STREAM)
+        if EVEN_D:
+            tl.store(h_ptr + tile, out)
+        else:
+            tl.store(h_ptr + tile, out, mask=dmask)
         h0 = _last_row(hs0, BLOCK_T)
         h1 = _last_row(hs1, BLOCK_T)
         h2 = _last_row(hs2, BLOCK_T)
@@ -507,11 +493,9 @@ def _forward(a, x, h0):
 
 def _forward_packed(a, x, h0, config):
     """The packed forward (`_scan_fwd_packed_kernel`); config (BLOCK_T, BLOCK_P words,
-    num_warps, L2_TILES, PACK[, STREAM: default FWD_PACKED_STREAM]). The L2 prefetch is PTX:
-    off in the interpreter."""
+    num_warps, L2_TILES, PACK). The L2 prefetch is PTX: off in the interpreter."""
     b, t, d = x.shape
-    block_t, block_p, warps, l2_tiles, pack = config[:5]
-    stream = bool(config[5]) if len(config) > 5 else FWD_PACKED_STREAM
+    block_t, block_p, warps, l2_tiles, pack = config
     word = {2: torch.int32, 4: torch.int64}[pack]
     h = torch.empty_like(x)
     h_last = torch.empty(b, d, device=x.device, dtype=torch.float32)
@@ -520,7 +504,7 @@ def _forward_packed(a, x, h0, config):
         a.view(word), x.view(word), h.view(word), h0 if h0 is not None else h_last, h_last, t, d,
         STRIDE_T=dp, HAS_H0=h0 is not None, BLOCK_T=block_t, BLOCK_P=block_p, PACK=pack,
         IS_BF16=x.dtype == torch.bfloat16, EVEN_D=dp % block_p == 0,
-        L2_TILES=0 if INTERPRET else l2_tiles, STREAM=stream, num_warps=warps,
+        L2_TILES=0 if INTERPRET else l2_tiles, num_warps=warps,
     )  # fmt: skip
     return h, h_last
 

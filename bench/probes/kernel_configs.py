@@ -315,14 +315,11 @@ def main() -> None:
     if args.grid == "top":  # the best of the third sweep (results/h100/NOTES.md)
         grids = {
             "scan fwd": [(128, 32, 1, True, 3), (64, 32, 1, True, 3), (64, 32, 2, True, 3)],
-            # the sixth element: streaming cache hints (FWD_PACKED_STREAM) off / on
             "scan fwd packed": [
-                (32, 32, 1, 2, 4, False),
-                (32, 32, 1, 2, 4, True),
-                (32, 64, 2, 2, 4, False),
-                (32, 64, 2, 2, 4, True),
-                (32, 32, 1, 1, 4, True),
-                (32, 32, 1, 2, 2, True),
+                (32, 32, 1, 2, 4),
+                (32, 64, 2, 2, 4),
+                (32, 32, 1, 2, 2),
+                (16, 32, 1, 3, 2),
             ],
             "scan bwd": [(32, 32, 1, True, 3), (64, 32, 2, True, 3), (32, 32, 1, True, 4)],
             "rglru fwd": [(32, 32, 1, True, 3), (32, 16, 2, True, 3), (32, 32, 2, True, 3)],
