@@ -31,7 +31,10 @@ def _list(what: str) -> None:
         for impl in catalog.IMPLEMENTATIONS:
             missing = catalog.missing_requirements(impl)
             state = f"unavailable ({missing})" if missing else "available"
-            print(f"  {impl.name:<22} {impl.backend:<5} {impl.role:<9} {state}: {impl.description}")
+            print(
+                f"  {impl.name:<22} {impl.kind:<6} {impl.backend:<5} {impl.role:<9} {state}: "
+                f"{impl.description}"
+            )
     if what in ("all", "workloads"):
         print("workloads:")
         for name, wl in WORKLOADS.items():

@@ -145,7 +145,8 @@ def timer_for(case_id: str, device: str) -> str | None:
         return "eager"
     from bench import catalog
 
-    return "cuda-graph" if catalog.implementation(case.impl).backend == "torch" else "eager"
+    impl = catalog.implementation(case.impl, kind="kernel")
+    return "cuda-graph" if impl.backend == "torch" else "eager"
 
 
 def capture_round(fn, calls: int, warmup: int = 3, sync: bool = True):

@@ -71,6 +71,13 @@ def _hms(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def kind_of(p: Point) -> str:
+    """ "kernel" or "model": the kind of implementation entry that runs the point's workload."""
+    from bench.workloads import workload
+
+    return workload(p.workload).kind
+
+
 def _point_dict(p: Point) -> dict:
     return {**dataclasses.asdict(p), "params": [list(kv) for kv in p.params]}
 
@@ -139,9 +146,9 @@ def run(
                 labels,
                 point_timeout,
             )
-            for impl in catalog.IMPLEMENTATIONS:
+            for impl in catalog.IMPLEMENTATIONS:  # a name may be a model and a kernel entry
                 mine = sorted(
-                    (p for p in points if p.impl == impl.name),
+                    (p for p in points if p.impl == impl.name and kind_of(p) == impl.kind),
                     key=lambda p: _ORDER.get(p.workload, 0),
                 )
                 if mine:

@@ -140,6 +140,39 @@ def test_every_available_kernel_implementation_runs_its_ops(impl, tmp_path):
         assert r["metrics"]["gbps"] > 0 and r["work"]["bytes"] > 0
 
 
+def test_one_name_runs_as_the_model_and_as_its_kernels(tmp_path):
+    """ours-jax-optimized is a model entry and a kernel entry: in one suite, each workload goes
+    to the entry of its kind (the optimized model; kernels.pallas)."""
+    assert catalog.implementation("ours-jax-optimized", kind="model").kind == "model"
+    assert catalog.implementation("ours-jax-optimized", kind="kernel").ops == ("scan", "rglru")
+    with pytest.raises(ValueError, match="unknown implementation 'ours-triton'"):
+        catalog.implementation("ours-triton", kind="model")
+    if catalog.missing_requirements(catalog.implementation("ours-jax-optimized")):
+        pytest.skip("no jax")
+    body = """
+[[case]]
+workload = "kernel_scan"
+impls = ["ours-jax-optimized"]
+seq_len = 12
+batch = 1
+width = 16
+backward = 0
+[[case]]
+workload = "prefill"
+models = ["hawk-tiny"]
+impls = ["ours-jax-optimized"]
+batch = 1
+prompt = 8
+"""
+    records = run_suite(write_suite(tmp_path, body), tmp_path / "out.jsonl")
+    by = {r["workload"]: r for r in records}
+    assert sorted(by) == ["kernel_scan", "prefill"], [r.get("error") for r in records]
+    assert all(r["status"] == "ok" and r["impl"] == "ours-jax-optimized" for r in records)
+    assert by["kernel_scan"]["correctness"]["reference_dtype"] == "float64"  # the kernel gate
+    assert by["kernel_scan"]["work"]["bytes"] > 0 and "elements" in by["kernel_scan"]["extra"]
+    assert by["prefill"]["metrics"]["tokens_per_s"] > 0 and by["prefill"]["model"] == "hawk-tiny"
+
+
 def test_kernel_cases_are_validated(tmp_path):
     path = tmp_path / "k.toml"
     path.write_text('[[case]]\nworkload = "kernel_scan"\nmodels = ["hawk-tiny"]\nseq_len = 8\n')

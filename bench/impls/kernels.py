@@ -345,7 +345,7 @@ class OursJaxPallas:
 
 class OursJaxPallasTriton:
     """kernels.pallas.linear_scan with the Triton-lowered forward (fwd_mosaic=False): the
-    forward ours-jax-pallas takes where the Mosaic GPU one does not apply (a jax without Mosaic
+    forward ours-jax-optimized takes where the Mosaic GPU one does not apply (a jax without Mosaic
     GPU, float32, d not a multiple of 128), measured beside it on the same shapes."""
 
     @staticmethod
