@@ -72,7 +72,7 @@ def _hms(s: float) -> str:
 
 
 def kind_of(p: Point) -> str:
-    """ "kernel" or "model": the kind of implementation entry that runs the point's workload."""
+    """The kind of catalog entry ("kernel" or "model") that runs the point's workload."""
     from bench.workloads import workload
 
     return workload(p.workload).kind

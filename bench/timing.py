@@ -6,8 +6,8 @@
   after every call would put the host's dispatch and round trip to the device into each sample
   (0.13-0.34 ms a call on the H100 machine: results/h100/NOTES.md, session 9), which torch's
   events and CUDA-graph replays leave out (the measurement rules: no host sync inside the timed
-  region). Calls with a `setup` (run before each call, outside the timed
-  region) are timed one at a time;
+  region). Calls with a `setup` (run before each call, outside the timed region) are timed one
+  at a time;
 - CPU (torch): a monotonic clock.
 
 Every timer does the same thing: one first call (compilation, autotuning, caches: recorded apart as
