@@ -32,9 +32,9 @@ channel a thread. Time tiles of a, x (in) and h (out) stream through a ring of s
 buffers by TMA (`plgpu.emit_pipeline`), and the float32 state is carried in registers from tile
 to tile. It applies on a GPU to 16-bit inputs with d a multiple of the block and t of the time
 tile. Elsewhere, and in the interpreter (which cannot run it), the Triton-lowered forward runs.
-On the H100 at B=8 D=2560 bf16 (results/h100/NOTES.md, session 9; rounds of back-to-back calls,
-as the suite's JAX timer): 0.200 ms at T=4096 (84% of copy; the Triton-lowered forward 0.292 ms)
-and 0.781 ms at 16384 (1.169 ms).
+On the H100 at B=8 D=2560 bf16, in the kernels-scan suite (results/h100/NOTES.md, session 9):
+0.2069 ms at T=4096, 81% of the copy bandwidth measured in the same run (the Triton-lowered
+forward 0.288 ms), and 0.7853 ms at 16384 (1.176 ms).
 
 Backward: one reverse-time pass with carry c = a_{t+1} δ_{t+1} (δ = dL/dh through all paths,
 c starts at dh_last): δ_t = dy_t + c, then dx_t = δ_t, da_t = δ_t h_{t-1}, c <- a_t δ_t, and

@@ -65,8 +65,8 @@ CHAINED_FWD_CONFIGS = [
     P.Config(64, 128, 4, 1),
 ]
 # the Mosaic GPU forward (linear_scan(fwd_mosaic=True)): (time tile, channels, shared-memory
-# buffers, L2 prefetch distance in tiles). Session 8's prototype: (64, 128, 2, 0) best; rings
-# that leave one block per SM (over ~113 KB of shared memory) run in two waves.
+# buffers, L2 prefetch distance in tiles). Session 9's sweep (results/h100/NOTES.md): (64, 128,
+# 2, 0) best at T=4096 and 16384; the others 7-27% slower at 4096.
 MOSAIC_FWD_CONFIGS = [
     P.MosaicConfig(64, 128, 2, 0),
     P.MosaicConfig(64, 128, 2, 1),
