@@ -48,14 +48,29 @@ def _list(what: str) -> None:
         for name in catalog.suites():
             desc = tomllib.loads(catalog.suite_path(name).read_text()).get("description", "")
             print(f"  {name:<12} {desc}")
+        for name, members in catalog.SUITE_GROUPS.items():
+            print(f"  {name:<12} runs {', '.join(members)}, each into its own records file")
 
 
 def _run(args) -> int:
-    from bench import runner, suite
+    from bench import catalog, runner, suite
 
     device = args.device or runner.default_device()
     name = args.suite or ("smoke" if device == "cpu" else "default")
-    s = suite.load(name, device, impls=args.impl, models=args.model)
+    members = catalog.suite_group(name)
+    if len(members) > 1 and args.report:
+        raise ValueError(f"--report names one file; {name!r} runs {len(members)} suites")
+    loaded = [suite.load(m, device, impls=args.impl, models=args.model) for m in members]
+    for s in loaded:
+        code = _run_suite(args, s, device)
+        if code:
+            return code
+    return 0
+
+
+def _run_suite(args, s, device) -> int:
+    from bench import runner
+
     out = Path(args.out) / f"{s.name}.jsonl"
     if args.dry_run:
         for p in s.points:

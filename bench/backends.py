@@ -34,6 +34,16 @@ class TorchBackend:
 
         return torch.cuda.get_device_properties(0).total_memory if self.on_gpu else None
 
+    def free_memory_bytes(self) -> int | None:
+        """Bytes this process could still allocate on the accelerator: the driver's free memory
+        plus what torch's caching allocator holds unused (None on the CPU)."""
+        import torch
+
+        if not self.on_gpu:
+            return None
+        free, _ = torch.cuda.mem_get_info()
+        return free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+
     def to_numpy(self, x) -> np.ndarray:
         return x.detach().float().cpu().numpy()
 
@@ -99,6 +109,18 @@ class JaxBackend:
         if not self.device.startswith("cuda"):
             return None
         return (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+
+    def free_memory_bytes(self) -> int | None:
+        """Bytes XLA's allocator could still hand out (None on the CPU or when XLA does not
+        say)."""
+        import jax
+
+        if not self.device.startswith("cuda"):
+            return None
+        stats = jax.devices()[0].memory_stats() or {}
+        if "bytes_limit" not in stats:
+            return None
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
 
     def to_numpy(self, x) -> np.ndarray:
         return np.asarray(x, dtype=np.float32)

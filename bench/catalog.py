@@ -152,8 +152,19 @@ def implementation(name: str, kind: str | None = None) -> Implementation:
     raise ValueError(f"unknown implementation {name!r}; valid implementations: {valid}")
 
 
+# names that run several suites one after another, each into its own records file
+SUITE_GROUPS: dict[str, tuple[str, ...]] = {
+    "paper": ("paper-fig3", "paper-fig4", "paper-fig1b"),
+}
+
+
 def suites() -> list[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
+
+
+def suite_group(name: str) -> tuple[str, ...]:
+    """The suites a name runs: a group's members, or the name itself."""
+    return SUITE_GROUPS.get(name, (name,))
 
 
 def suite_path(name_or_path: str) -> Path:
@@ -165,7 +176,8 @@ def suite_path(name_or_path: str) -> Path:
     if candidate.exists():
         return candidate
     raise ValueError(
-        f"unknown suite {name_or_path!r}; valid suites: {', '.join(suites())} (or a path to a .toml file)"
+        f"unknown suite {name_or_path!r}; valid suites: {', '.join(suites())}, groups: "
+        f"{', '.join(SUITE_GROUPS)} (or a path to a .toml file)"
     )
 
 

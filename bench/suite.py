@@ -27,7 +27,7 @@ from pathlib import Path
 from bench import catalog
 from bench.timing import TimingConfig
 from bench.workloads import workload
-from models.config import PRESETS
+from models.config import PRESETS, preset
 
 DTYPES = ("float32", "bfloat16", "float16")
 KERNEL_MODEL = "-"  # the model field of kernel points
@@ -48,14 +48,19 @@ class Point:
 
     @property
     def gate_key(self) -> str:
-        """Identifies the inputs and reference output: everything but the implementation."""
-        args = ",".join(f"{k}={v}" for k, v in self.params if v is not None)
+        """Identifies the inputs and reference outputs of the correctness gate: the workload's
+        gate parameters (decode points of different lengths may share one), not the
+        implementation."""
+        cfg = None if self.model == KERNEL_MODEL else preset(self.model)
+        gate = workload(self.workload).gate_params(cfg, self.param_dict)
+        args = ",".join(f"{k}={v}" for k, v in gate.items() if v is not None)
         return f"{self.workload}|{self.model}|{self.dtype}|{args}"
 
     @property
     def key(self) -> str:
         """Identifies the point in a records file: a rerun skips recorded keys."""
-        return f"{self.gate_key}|{self.impl}"
+        args = ",".join(f"{k}={v}" for k, v in self.params if v is not None)
+        return f"{self.workload}|{self.model}|{self.dtype}|{args}|{self.impl}"
 
     def label(self) -> str:
         args = " ".join(f"{k}={v}" for k, v in self.params if v is not None)
@@ -73,6 +78,35 @@ class Suite:
 
 class SuiteError(ValueError):
     pass
+
+
+TIMING_FIELDS = {  # name: (smallest value, what it is)
+    "warmup": (0, "an integer >= 0"),
+    "min_reps": (1, "an integer >= 1"),
+    "max_reps": (1, "an integer >= 1"),
+    "budget_s": (0, "a number of seconds >= 0"),
+}
+
+
+def _timing(where: str, table) -> TimingConfig:
+    if not isinstance(table, dict):
+        raise SuiteError(f"{where}: [timing] must be a table")
+    unknown = sorted(set(table) - set(TIMING_FIELDS))
+    if unknown:
+        raise SuiteError(
+            f"{where}: [timing]: unknown key(s) {unknown}; valid: {', '.join(TIMING_FIELDS)}"
+        )
+    for k, v in table.items():
+        low, what = TIMING_FIELDS[k]
+        number = (int, float) if k == "budget_s" else (int,)
+        if isinstance(v, bool) or not isinstance(v, number) or v < low:
+            raise SuiteError(f"{where}: [timing] {k} must be {what}, got {v!r}")
+    timing = TimingConfig(**table)
+    if timing.max_reps < timing.min_reps:
+        raise SuiteError(
+            f"{where}: [timing] max_reps ({timing.max_reps}) is below min_reps ({timing.min_reps})"
+        )
+    return timing
 
 
 def load(name_or_path: str, device: str, impls=None, models=None) -> Suite:
@@ -101,12 +135,7 @@ def parse(data: dict, path: Path, device: str, impls=None, models=None) -> Suite
     cases = data.get("case")
     if not isinstance(cases, list) or not cases:
         raise SuiteError(f"{where}: a suite needs at least one [[case]] table")
-    try:
-        timing = TimingConfig(**data.get("timing", {}))
-    except TypeError as exc:
-        raise SuiteError(
-            f"{where}: [timing]: {exc}; valid: warmup, min_reps, max_reps, budget_s"
-        ) from None
+    timing = _timing(where, data.get("timing", {}))
     default_dtype = data.get("dtype", "bfloat16")
     points: list[Point] = []
     for i, case in enumerate(cases, start=1):

@@ -12,8 +12,10 @@
 
 Every timer does the same thing: one first call (compilation, autotuning, caches: recorded apart as
 `first_ms`), `warmup - 1` more untimed calls, then repetitions until the time budget is used (at
-least `min_reps`, at most `max_reps`). An optional `setup` runs before each repetition, outside the
-timed region (e.g. a fresh copy of a cache that the timed call mutates). Times are milliseconds.
+least `min_reps`, at most `max_reps`). `warmup = 0` makes no untimed call and times exactly
+`min_reps` calls (for a call of seconds, a whole generation, that the workload warmed itself).
+An optional `setup` runs before each repetition, outside the timed region (e.g. a fresh copy of
+a cache that the timed call mutates). Times are milliseconds.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 
 @dataclass
 class TimingConfig:
-    warmup: int = 2  # calls before timing, the first of them timed apart as first_ms
+    warmup: int = 2  # calls before timing, the first of them timed apart as first_ms; 0: none
     min_reps: int = 3
     max_reps: int = 100
     budget_s: float = 1.0  # time spent on timed repetitions, roughly
@@ -36,7 +38,7 @@ class TimingConfig:
 @dataclass
 class Timing:
     samples_ms: list[float]
-    first_ms: float
+    first_ms: float | None  # None when there was no untimed first call (warmup 0)
     warmup: int
     calls_per_sample: int = 1  # back-to-back calls a sample averages (JAX rounds); 1 elsewhere
 
@@ -74,6 +76,8 @@ class _Timer:
         self, fn: Callable, setup: Callable | None = None, cfg: TimingConfig | None = None
     ) -> Timing:
         cfg = cfg or TimingConfig()
+        if cfg.warmup == 0:
+            return Timing(self._repeat(fn, setup, cfg.min_reps), None, 0)
         args = setup() if setup else ()
         self.sync(args)
         t0 = time.perf_counter()

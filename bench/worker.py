@@ -62,18 +62,30 @@ def source_model(model: str, dtype: str, device: str):
     return m.eval()
 
 
-def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
-    out = np.asarray(out, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    if out.shape != ref.shape:
-        raise ValueError(f"output shape {out.shape} differs from the reference's {ref.shape}")
-    if not np.all(np.isfinite(out)):
-        return float("inf")
-    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
-
-
 def _gate_path(gate_dir: str, gate_key: str) -> Path:
     return Path(gate_dir) / hashlib.sha1(gate_key.encode()).hexdigest()[:20]
+
+
+def _reference(gate_dir: str, gate_key: str) -> tuple[dict, dict]:
+    """The stored reference outputs of a gate key and what computed them; raises if absent."""
+    path = _gate_path(gate_dir, gate_key)
+    if not path.with_suffix(".npz").exists():
+        err = path.with_suffix(".err")
+        why = err.read_text() if err.exists() else "not computed"
+        raise RuntimeError(f"no reference output for the correctness gate ({why})")
+    with np.load(path.with_suffix(".npz")) as data:
+        ref = dict(data)
+    return ref, json.loads(path.with_suffix(".json").read_text())
+
+
+def _mismatch_message(errs: dict, tol: float) -> str:
+    worst = max(errs, key=lambda k: errs[k])
+    return (
+        f"output differs from the reference: rel. error {errs[worst]:.3g} > tol {tol:.3g} "
+        f"at {worst!r} (of {len(errs)} compared: "
+        + ", ".join(f"{k} {v:.3g}" for k, v in errs.items())
+        + ")"
+    )
 
 
 def _point(d: dict):
@@ -150,10 +162,10 @@ def run_reference(job: dict, emit) -> None:
             handle = ours_torch.build(source, ref_dtype, backend)
             for p in points:
                 path = _gate_path(job["gate_dir"], p.gate_key)
-                if path.with_suffix(".npy").exists():
+                if path.with_suffix(".npz").exists():
                     continue
                 out = workload(p.workload).gate(handle, cfg, p.param_dict, input_seed(p.gate_key))
-                np.save(path.with_suffix(".npy"), out)
+                np.savez(path.with_suffix(".npz"), **out)
                 path.with_suffix(".json").write_text(
                     json.dumps({"reference": catalog.REFERENCE, "reference_dtype": ref_dtype})
                 )
@@ -169,7 +181,7 @@ def run_reference(job: dict, emit) -> None:
     msg = f"{type(error).__name__}: {error}"[:1000]
     for p in points:
         path = _gate_path(job["gate_dir"], p.gate_key)
-        if not path.with_suffix(".npy").exists():
+        if not path.with_suffix(".npz").exists():
             path.with_suffix(".err").write_text(msg)
 
 
@@ -263,6 +275,7 @@ def run_measure(job: dict, emit) -> int:
 
     from bench import catalog, env
     from bench.backends import backend_for, host_peak_rss_bytes
+    from bench.kernel_workloads import rel_errors
     from bench.results import RecordWriter
     from bench.timing import TimingConfig
     from bench.workloads import derive, input_seed, workload
@@ -322,22 +335,19 @@ def run_measure(job: dict, emit) -> int:
         """Gate one point against its reference output, then time it; fills in `rec`."""
         wl, params, seed = workload(p.workload), p.param_dict, input_seed(p.gate_key)
         try:
-            path = _gate_path(job["gate_dir"], p.gate_key)
-            if not path.with_suffix(".npy").exists():
-                err = path.with_suffix(".err")
-                why = err.read_text() if err.exists() else "not computed"
-                raise RuntimeError(f"no reference output for the correctness gate ({why})")
-            ref = np.load(path.with_suffix(".npy"))
-            ref_info = json.loads(path.with_suffix(".json").read_text())
+            ref, ref_info = _reference(job["gate_dir"], p.gate_key)
             out = wl.gate(handle, cfg, params, seed)
-            err = rel_err(out, ref)
-            tol = TOLERANCE[dtype]
-            rec["correctness"] = {**ref_info, "rel_err": err, "tol": tol, "passed": err <= tol}
+            errs = rel_errors(out, ref)
+            err, tol = max(errs.values()), TOLERANCE[dtype]
+            rec["correctness"] = {
+                **ref_info,
+                "rel_err": err,
+                "rel_err_by_output": errs,
+                "tol": tol,
+                "passed": err <= tol,
+            }
             if not err <= tol:
-                rec.update(
-                    status="mismatch",
-                    error=f"output differs from the reference: rel. error {err:.3g} > tol {tol:.3g}",
-                )
+                rec.update(status="mismatch", error=_mismatch_message(errs, tol))
                 return
             del out
             backend.free()
@@ -400,26 +410,18 @@ def _measure_kernels(job, spec, points, backend, finish, env_info, tcfg) -> int:
                     handles[wl.op] = mod.build(wl.op, p.dtype, backend)
                 handle = handles[wl.op]
                 env_info["device_label"] = handle.backend.device_label()
-                path = _gate_path(job["gate_dir"], p.gate_key)
-                if not path.with_suffix(".npz").exists():
-                    err = path.with_suffix(".err")
-                    why = err.read_text() if err.exists() else "not computed"
-                    raise RuntimeError(f"no reference output for the correctness gate ({why})")
-                ref = dict(np.load(path.with_suffix(".npz")))
+                ref, ref_info = _reference(job["gate_dir"], p.gate_key)
                 errs = rel_errors(wl.gate_outputs(handle, params, p.dtype, seed), ref)
                 worst = max(errs.values())
                 rec["correctness"] = {
-                    **json.loads(path.with_suffix(".json").read_text()),
+                    **ref_info,
                     "rel_err": worst,
                     "rel_err_by_output": errs,
                     "tol": tol[p.dtype],
                     "passed": worst <= tol[p.dtype],
                 }
                 if not worst <= tol[p.dtype]:
-                    rec.update(
-                        status="mismatch",
-                        error=f"differs from the reference: {errs} > tol {tol[p.dtype]}",
-                    )
+                    rec.update(status="mismatch", error=_mismatch_message(errs, tol[p.dtype]))
                 else:
                     backend.free()
                     backend.reset_peak()

@@ -9,7 +9,6 @@ tokens), the output its correctness gate compares, and how it is measured:
 
 from __future__ import annotations
 
-import time
 import zlib
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -18,7 +17,7 @@ import numpy as np
 
 from bench import analytic
 from bench.timing import Timing, TimingConfig
-from models.config import ModelConfig
+from models.config import ATTENTION, ModelConfig
 
 
 @dataclass
@@ -48,6 +47,11 @@ class Workload:
     kind = "model"  # "model" (a preset runs it) or "kernel" (an op on tensors)
     required: tuple[str, ...] = ()
     defaults: ClassVar[dict] = {}
+
+    def gate_params(self, cfg: ModelConfig | None, p: dict) -> dict:
+        """The parameters that decide the gate's inputs and reference outputs (all of them,
+        unless a workload shares references between points)."""
+        return p
 
     def normalize(self, params: dict) -> dict:
         """Validate parameter names and values; fill defaults."""
@@ -82,7 +86,7 @@ class Prefill(Workload):
 
     def gate(self, handle, cfg, p, seed):
         tokens, pos = _prefill_inputs(handle, cfg, p["batch"], p["prompt"], seed)
-        return handle.backend.to_numpy(handle.prefill(tokens, pos)[0])
+        return {"logits": handle.backend.to_numpy(handle.prefill(tokens, pos)[0])}
 
     def measure(self, handle, cfg, p, dtype, seed, tcfg: TimingConfig) -> Measurement:
         b, t = p["batch"], p["prompt"]
@@ -102,6 +106,51 @@ class Prefill(Workload):
         return Measurement(timing, work, memory)
 
 
+# Decode steps the correctness gate of a generation runs and compares, at least: the first and
+# the last. Where the generation goes past the local-attention window, the gate runs past it too.
+GATE_STEPS = 4
+# the most tokens (prompt + generated) a generation point may ask for
+MAX_TOKENS = 1 << 20
+
+
+def gate_plan(cfg: ModelConfig, prompt: int, steps: int) -> tuple[int, tuple[int, ...]]:
+    """(decode steps the gate runs, the step indices it compares) for a generation of `steps`
+    tokens after a prompt of `prompt`. Step i runs at stream position prompt + i. A local
+    attention ring first drops a key at position `window` (a ring of `window` slots) or
+    `window + 1` (window + 1 slots): when the generation reaches past the window, the gate runs
+    to one step beyond both and compares the steps around them as well."""
+    run = min(steps, GATE_STEPS)
+    window = cfg.attention_window if ATTENTION in cfg.block_types else None
+    compared = {0, run - 1}
+    if window is not None and prompt <= window < prompt + steps - 1:
+        cross = window - prompt  # the first step at position `window`
+        run = min(steps, max(run, cross + 3))
+        compared |= {cross - 1, cross, cross + 1, cross + 2, run - 1}
+    return run, tuple(sorted(i for i in compared if 0 <= i < run))
+
+
+def teacher_forced(handle, cfg, batch, prompt, steps, seed) -> dict:
+    """The correctness gate of a generation: prefill a seeded prompt, then feed a seeded token
+    stream (not the model's own picks, so every implementation sees the same inputs however
+    its argmax breaks a near-tie) for gate_plan's steps on a cache sized for the whole
+    generation (`steps`), as the timed run has. Returns {"prefill": logits, "step<i>": logits}."""
+    be = handle.backend
+    run, compared = gate_plan(cfg, prompt, steps)
+    tokens, pos = _prefill_inputs(handle, cfg, batch, prompt, seed)
+    logits, cache0 = handle.prefill(tokens, pos)
+    out = {"prefill": be.to_numpy(logits)}
+    be.argmax_next(logits)  # compiled here once, outside any timed region
+    stream = random_tokens(cfg, batch, run, seed + 1)
+    cache = handle.fresh(cache0, steps)
+    for i in range(run):
+        logits, cache = handle.decode(
+            be.tokens(stream[:, i : i + 1]), be.tokens(positions(batch, prompt + i, 1)), cache
+        )
+        if i in compared:
+            out[f"step{i}"] = be.to_numpy(logits)
+    return out
+
+
 class _Generation:
     """prefill(prompt), then `steps` greedy decode steps, everything staying on the device."""
 
@@ -113,12 +162,38 @@ class _Generation:
         self.first = be.argmax_next(logits)
         self.pos = [be.tokens(positions(batch, prompt + i, 1)) for i in range(steps)]
 
-    def run(self, cache):
+    def fresh(self):
+        """A cache to generate from, with room for the whole generation."""
+        return (self.handle.fresh(self.cache0, self.steps),)
+
+    def run(self, cache, steps: int | None = None):
         token, handle, argmax = self.first, self.handle, self.handle.backend.argmax_next
-        for pos in self.pos:
+        for pos in self.pos[:steps]:
             logits, cache = handle.decode(token, pos, cache)
             token = argmax(logits)
         return token
+
+    def warm(self, steps: int = 2):
+        """A few steps on a cache of the generation's size (compiling, capturing, warming)."""
+        self.handle.backend.sync(self.run(*self.fresh(), steps=min(steps, self.steps)))
+
+
+def _generation_work(cfg, batch, prompt, steps, dtype) -> dict:
+    weights = analytic.weight_bytes(cfg, dtype)
+    lengths = range(prompt, prompt + steps)
+    return {
+        "flops": sum(analytic.forward_flops(cfg, batch, k, 1, 1) for k in lengths),
+        "bytes": float(sum(weights + analytic.cache_bytes(cfg, batch, k, dtype) for k in lengths)),
+        "tokens": batch * steps,
+    }
+
+
+def _check_length(name: str, p: dict, steps_field: str) -> None:
+    total = p["prompt"] + p[steps_field]
+    if total > MAX_TOKENS:
+        raise ValueError(
+            f"workload {name!r}: prompt + {steps_field} = {total} tokens; at most {MAX_TOKENS}"
+        )
 
 
 class Decode(Workload):
@@ -126,31 +201,32 @@ class Decode(Workload):
     required = ("prompt", "steps")
     defaults: ClassVar[dict] = {"batch": 16}
 
+    def normalize(self, params: dict) -> dict:
+        p = super().normalize(params)
+        _check_length(self.name, p, "steps")
+        return p
+
+    def gate_params(self, cfg: ModelConfig, p: dict) -> dict:
+        """The parameters that decide the gate's inputs and reference outputs: points that
+        differ only in how many steps they time past the gate's share one reference."""
+        run, _ = gate_plan(cfg, p["prompt"], p["steps"])
+        return {"batch": p["batch"], "prompt": p["prompt"], "gate_steps": run}
+
     def gate(self, handle, cfg, p, seed):
-        gen = _Generation(handle, cfg, p["batch"], p["prompt"], 1, seed)
-        logits, _ = handle.decode(gen.first, gen.pos[0], handle.fresh(gen.cache0))
-        return handle.backend.to_numpy(logits)
+        return teacher_forced(handle, cfg, p["batch"], p["prompt"], p["steps"], seed)
 
     def measure(self, handle, cfg, p, dtype, seed, tcfg: TimingConfig) -> Measurement:
         b, k, n = p["batch"], p["prompt"], p["steps"]
         gen = _Generation(handle, cfg, b, k, n, seed)
-        timing = handle.backend.timer().measure(
-            gen.run, setup=lambda: (handle.fresh(gen.cache0),), cfg=tcfg
-        )
-        weights = analytic.weight_bytes(cfg, dtype)
-        step_bytes = [weights + analytic.cache_bytes(cfg, b, k + i, dtype) for i in range(n)]
-        work = {
-            "flops": sum(analytic.forward_flops(cfg, b, k + i, 1, 1) for i in range(n)),
-            "bytes": float(sum(step_bytes)),
-            "tokens": b * n,
-        }
+        gen.warm()
+        timing = handle.backend.timer().measure(gen.run, setup=gen.fresh, cfg=tcfg)
         memory = {
             "cache_bytes": handle.cache_nbytes(gen.cache0),
             "cache_bytes_analytic": analytic.cache_bytes(cfg, b, k, dtype),
             "cache_length": k,
         }
         extra = {"per_step_ms": timing.median_ms / n}
-        return Measurement(timing, work, memory, extra)
+        return Measurement(timing, _generation_work(cfg, b, k, n, dtype), memory, extra)
 
 
 class TrainStep(Workload):
@@ -179,7 +255,7 @@ class TrainStep(Workload):
 
     def gate(self, handle, cfg, p, seed):
         tokens, pos, _ = self._inputs(handle, cfg, p, seed)
-        return handle.backend.to_numpy(handle.prefill(tokens, pos)[0])
+        return {"logits": handle.backend.to_numpy(handle.prefill(tokens, pos)[0])}
 
     def measure(self, handle, cfg, p, dtype, seed, tcfg: TimingConfig) -> Measurement:
         need = analytic.train_state_bytes(cfg, dtype)
@@ -211,81 +287,115 @@ class TrainStep(Workload):
         return Measurement(timing, work, extra={"last_loss": last_loss})
 
 
+# share of the free device memory the throughput search plans to fill (the rest: allocator
+# fragmentation, compiled kernels' workspaces, CUDA graph pools)
+MEMORY_MARGIN = 0.9
+PROBE_STEPS = 2  # decode steps a probe runs on a cache of the whole generation's size
+THROUGHPUT_GATE_BATCH = 4  # the gate's batch: above 1, so the batched decode path is checked
+
+
+def sequence_bytes(cfg: ModelConfig, length: int, dtype: str) -> int:
+    """Device memory one sequence of a generation of `length` tokens holds: its decode state
+    twice (the prefilled cache the timed runs restart from, and the copy being decoded) and a
+    step's activations (float32 logits over the vocabulary, a few width-sized vectors)."""
+    state = analytic.cache_bytes(cfg, 1, length, dtype)
+    acts = 4 * (3 * cfg.vocab_size + 4 * (cfg.width + cfg.mlp_width + cfg.lru_width))
+    return 2 * state + acts
+
+
 class Throughput(Workload):
     name = "throughput"
     required = ("gen_len",)
     defaults: ClassVar[dict] = {"prompt": 1, "max_batch": 1024}
 
-    def gate(self, handle, cfg, p, seed):
-        return Decode().gate(handle, cfg, {"batch": 1, "prompt": p["prompt"]}, seed)
+    def normalize(self, params: dict) -> dict:
+        p = super().normalize(params)
+        _check_length(self.name, p, "gen_len")
+        return p
 
-    def _probe(self, handle, cfg, p, batch, seed) -> float:
-        """One full generation at `batch`; wall-clock ms. Raises on out-of-memory."""
-        be = handle.backend
-        gen = _Generation(handle, cfg, batch, p["prompt"], p["gen_len"], seed)
-        be.sync(gen.first)
-        t0 = time.perf_counter()
-        be.sync(gen.run(handle.fresh(gen.cache0)))
-        return (time.perf_counter() - t0) * 1e3
+    def _gate_batch(self, p: dict) -> int:
+        return min(p["max_batch"], THROUGHPUT_GATE_BATCH)
+
+    def gate_params(self, cfg: ModelConfig, p: dict) -> dict:
+        run, _ = gate_plan(cfg, p["prompt"], p["gen_len"])
+        return {"batch": self._gate_batch(p), "prompt": p["prompt"], "gate_steps": run}
+
+    def gate(self, handle, cfg, p, seed):
+        return teacher_forced(handle, cfg, self._gate_batch(p), p["prompt"], p["gen_len"], seed)
+
+    def batch_bound(self, handle, cfg, p, dtype) -> tuple[int, str]:
+        """The largest batch the free memory should hold (analytic), and what limits it."""
+        free = handle.backend.free_memory_bytes()
+        if free is None:
+            return p["max_batch"], "max_batch"
+        per_seq = sequence_bytes(cfg, p["prompt"] + p["gen_len"], dtype)
+        fit = int(free * MEMORY_MARGIN // per_seq)
+        if fit >= p["max_batch"]:
+            return p["max_batch"], "max_batch"
+        return max(fit, 1), "memory"
 
     def measure(self, handle, cfg, p, dtype, seed, tcfg: TimingConfig) -> Measurement:
-        """Double the batch until it does not fit (or max_batch), then bisect; time the best."""
+        """Start at the analytic bound; a probe builds the generation at a batch (the decode state
+        at full length) and runs PROBE_STEPS steps. Halve until a probe fits, bisect up to the
+        last batch that did not (resolution: 1/8 of the batch); then time the whole generation
+        at the batch found, `min_reps` times (the probe warmed it)."""
         be = handle.backend
+        k, n = p["prompt"], p["gen_len"]
         probes: list[dict] = []
+        kept: dict[int, _Generation] = {}
 
         def fits(batch: int) -> bool:
+            kept.clear()
+            be.free()
             try:
-                ms = self._probe(handle, cfg, p, batch, seed)
-                probes.append({"batch": batch, "status": "ok", "ms": ms})
-                return True
+                gen = _Generation(handle, cfg, batch, k, n, seed)
+                gen.warm(PROBE_STEPS)
             except Exception as exc:
                 if not be.is_oom(exc):
                     raise
+                del exc
+                gen = None
                 probes.append({"batch": batch, "status": "oom"})
                 be.free()
                 return False
+            probes.append({"batch": batch, "status": "ok"})
+            kept[batch] = gen
+            return True
 
+        bound, limited_by = self.batch_bound(handle, cfg, p, dtype)
         lo, hi = 0, None
-        batch = 1
-        while batch <= p["max_batch"]:
-            if fits(batch):
-                lo, batch = batch, batch * 2
-            else:
-                hi = batch
-                break
-        if lo == 0:
-            raise MemoryError("even batch 1 does not fit")  # recorded as oom
+        batch = bound
+        while not fits(batch):
+            hi = batch
+            if batch == 1:
+                raise MemoryError(
+                    f"even batch 1 does not fit: a generation of {k} + {n} tokens of {cfg.name} "
+                    f"in {dtype} (the search's probes: {probes})"
+                )
+            batch = max(1, batch // 2)
+        lo = batch
         if hi is not None:
-            while hi - lo > max(1, lo // 8):  # resolution: 1/8 of the batch
+            limited_by = "memory"
+            while hi - lo > max(1, lo // 8):
                 mid = (lo + hi) // 2
                 lo, hi = (mid, hi) if fits(mid) else (lo, mid)
         best = lo
-        gen = _Generation(handle, cfg, best, p["prompt"], p["gen_len"], seed)
+        gen = kept.get(best)
+        if gen is None:  # the last probe was a larger batch that did not fit
+            kept.clear()
+            be.free()
+            gen = _Generation(handle, cfg, best, k, n, seed)
+            gen.warm(PROBE_STEPS)
         timing = be.timer().measure(
-            gen.run,
-            setup=lambda: (handle.fresh(gen.cache0),),
-            cfg=TimingConfig(warmup=1, min_reps=2, max_reps=5, budget_s=tcfg.budget_s),
+            gen.run, setup=gen.fresh, cfg=TimingConfig(warmup=0, min_reps=tcfg.min_reps)
         )
-        k, n = p["prompt"], p["gen_len"]
-        work = {
-            "flops": sum(analytic.forward_flops(cfg, best, k + i, 1, 1) for i in range(n)),
-            "bytes": float(
-                sum(
-                    analytic.weight_bytes(cfg, dtype)
-                    + analytic.cache_bytes(cfg, best, k + i, dtype)
-                    for i in range(n)
-                )
-            ),
-            "tokens": best * n,
-        }
         memory = {
             "cache_bytes": handle.cache_nbytes(gen.cache0),
             "cache_bytes_analytic": analytic.cache_bytes(cfg, best, k, dtype),
             "cache_length": k,
         }
-        limit = "max_batch" if hi is None else "memory"
-        extra = {"batch": best, "limited_by": limit, "probes": probes}
-        return Measurement(timing, work, memory, extra)
+        extra = {"batch": best, "limited_by": limited_by, "batch_bound": bound, "probes": probes}
+        return Measurement(timing, _generation_work(cfg, best, k, n, dtype), memory, extra)
 
 
 from bench.kernel_workloads import KERNEL_WORKLOADS  # noqa: E402  (they subclass Workload)

@@ -12,7 +12,9 @@ place, by the program that reads that slot (which uses them from its registers),
 two copy kernels before the attention. `rope` (with `new`): q and k_new come before their
 rotary embedding, which the kernel applies (`rope_ref`: rotate-half on the first rope_dims
 channels of each head, at positions [b], the rows' segment positions) instead of two kernels
-before it; the rotated key is what goes into the cache.
+before it; the rotated key is what goes into the cache. `filled` (with `new`): the slots past
+`slot` are empty (a global cache filled in order, token i in slot i, with room reserved for a
+whole generation): they are masked anyway, and the kernel does not read them.
 
 A decode step's attention reads the whole key/value cache (s slots of h values, twice) for one
 query per head. PyTorch's SDPA pads that single query to a 128-row tile of a prefill kernel and
@@ -144,7 +146,7 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, m_ptr, acc_ptr, ml_ptr, kn_ptr, vn_ptr, s
                   N, S, H, chunk, scale, sqb, skb, sks, svb, svs, smb, SPLITS,
                   BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
                   PREC: tl.constexpr, UPCAST: tl.constexpr, NEW: tl.constexpr,
-                  ROPE: tl.constexpr):  # fmt: skip
+                  ROPE: tl.constexpr, FILLED: tl.constexpr):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)
     sp = tl.program_id(1)
     ns = tl.arange(0, BLOCK_N)
@@ -177,6 +179,8 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, m_ptr, acc_ptr, ml_ptr, kn_ptr, vn_ptr, s
         mine = hmask & (slots >= start) & (slots < end)
         tl.store(k_ptr + b * skb + slots * sks + hs, k_new, mask=mine)
         tl.store(v_ptr + b * svb + slots * svs + hs, v_new, mask=mine)
+        if FILLED:  # nothing but empty slots past the new one: a split there reads nothing
+            end = tl.minimum(end, slot + 1)
     for s0 in range(start, end, BLOCK_S):
         ss = s0 + tl.arange(0, BLOCK_S)
         valid = ss < end
@@ -262,9 +266,11 @@ def _sm_count(device) -> int:
     return 8  # the interpreter: a few splits, so the tests cross split boundaries
 
 
-def mqa_decode(q, k, v, mask, scale: float | None = None, new=None, rope=None):
+def mqa_decode(q, k, v, mask, scale: float | None = None, new=None, rope=None, filled=False):
     """mqa_decode_ref's result (and its writes, with `new`) from two Triton launches: the split
-    pass and the combine."""
+    pass and the combine. `filled` (with `new`): slots past the new one are empty, not read."""
+    if filled and new is None:
+        raise ValueError("filled needs new=(k_new, v_new, slot): the slot bounds the filled part")
     _check(q, k, v, mask)
     _check_new(k, new)
     _check_rope(q, new, rope)
@@ -299,7 +305,7 @@ def mqa_decode(q, k, v, mask, scale: float | None = None, new=None, rope=None):
         n, s, h, chunk, float(scale),
         q.stride(0), k.stride(0), k.stride(1), v.stride(0), v.stride(1), mask.stride(0), splits,
         BLOCK_N=bn, BLOCK_S=block, BLOCK_H=bh, PREC=prec, UPCAST=INTERPRET, NEW=new is not None,
-        ROPE=rope is not None,
+        ROPE=rope is not None, FILLED=filled,
         num_warps=4,
         num_stages=2,  # at most two 64 x 256 key + value tiles in flight: 128 KB of shared memory
     )  # fmt: skip
@@ -327,11 +333,13 @@ def mqa_decode_write_op(
     positions: torch.Tensor | None = None,
     rope_dims: int = 0,
     rope_base: float = 10000.0,
+    filled: bool = False,
 ) -> torch.Tensor:
     rope = None if positions is None else (positions, rope_dims, rope_base)
-    return mqa_decode(q, k, v, mask, scale, new=(k_new, v_new, slot), rope=rope)
+    return mqa_decode(q, k, v, mask, scale, new=(k_new, v_new, slot), rope=rope, filled=filled)
 
 
 @mqa_decode_write_op.register_fake
-def _(q, k, v, mask, scale, k_new, v_new, slot, positions=None, rope_dims=0, rope_base=1e4):
+def _(q, k, v, mask, scale, k_new, v_new, slot, positions=None, rope_dims=0, rope_base=1e4,
+      filled=False):  # fmt: skip
     return torch.empty_like(q)

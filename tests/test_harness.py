@@ -111,7 +111,7 @@ def test_torch_inference_builds_no_autograd_graph(impl):
     pos = torch.arange(9).repeat(2, 1)
     logits, cache = handle.prefill(tokens, pos)
     assert not logits.requires_grad
-    logits, _ = handle.decode(tokens[:, :1], pos[:, -1:] + 1, handle.fresh(cache))
+    logits, _ = handle.decode(tokens[:, :1], pos[:, -1:] + 1, handle.fresh(cache, 1))
     assert not logits.requires_grad
 
 

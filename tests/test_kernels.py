@@ -587,6 +587,21 @@ def test_mqa_decode(b, n, s, h, sms, dtype, monkeypatch):
         assert rel(out, ref) <= TOL[dtype], dims
         assert rel(k[:, -1], kr[:, -1]) <= TOL[dtype] and torch.equal(v[:, -1], v_new)
 
+    # filled: a global cache filled up to a slot in the middle, the rest empty (masked) and
+    # holding garbage that must not be read (NaN would poison any split that read it)
+    fill = s // 2
+    slot = torch.tensor([fill], device=DEVICE)
+    mask_f = mask.clone()
+    mask_f[:, fill:] = False
+    mask_f[:, fill] = True
+    k, v = k0.clone(), v0.clone()
+    k[:, fill + 1 :], v[:, fill + 1 :] = float("nan"), float("nan")
+    ref = mqa_decode_ref(q.double(), k0.double(), v0.double(), mask_f, 0.3,
+                         new=(k_new.double(), v_new.double(), slot))  # fmt: skip
+    out = mqa_decode(q, k, v, mask_f, 0.3, new=(k_new, v_new, slot), filled=True)
+    assert torch.isfinite(out).all() and rel(out, ref) <= TOL[dtype]
+    assert torch.equal(k[:, fill], k_new) and torch.equal(v[:, fill], v_new)
+
 
 def test_rope_ref_is_the_models_rotary_embedding():
     from kernels.decode_attention import rope_ref
@@ -618,6 +633,8 @@ def test_mqa_decode_input_errors():
     pos = torch.zeros(1, dtype=torch.long, device=DEVICE)
     with pytest.raises(ValueError, match="rope needs new"):
         mqa_decode(q, k, k, mask, rope=(pos, 8, 1e4))
+    with pytest.raises(ValueError, match="filled needs new"):
+        mqa_decode(q, k, k, mask, filled=True)
     with pytest.raises(ValueError, match="rope_dims must be even"):
         mqa_decode(q, k, k, mask, new=(k[:, 0], k[:, 0], slot), rope=(pos, 7, 1e4))
 

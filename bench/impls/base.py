@@ -3,8 +3,10 @@
 handle.backend                       bench.backends.TorchBackend | JaxBackend
 handle.prefill(tokens, pos)          -> (last-position logits [b, 1, v], cache)
 handle.decode(token, pos, cache)     -> (logits [b, 1, v], cache)
-handle.fresh(cache)                  -> a cache that decode may consume (a copy when decode
-                                        mutates its cache in place, else the same object)
+handle.fresh(cache, steps)           -> a cache that decode may consume for `steps` more tokens
+                                        (a copy when decode mutates its cache in place, else
+                                        the same object; room for the steps reserved up front
+                                        where the implementation preallocates)
 handle.train_step()                  -> (step(tokens, pos, targets) -> loss, restore())
                                         forward + cross-entropy + backward + AdamW; restore()
                                         puts back the weights the handle was built with

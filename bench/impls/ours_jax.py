@@ -9,6 +9,14 @@ def supports(cfg) -> str | None:
     return None
 
 
+def reserve(cfg, cache, steps):
+    from models.jax.blocks import grow
+    from models.jax.model import Cache
+
+    n = cache.length + steps + 1
+    return Cache([grow(cfg, c, n) for c in cache.blocks], cache.length)
+
+
 class Handle:
     def __init__(self, jm, params, backend):
         self.jm, self.params, self.backend = jm, params, backend
@@ -19,8 +27,11 @@ class Handle:
     def decode(self, token, pos, cache):
         return self.jm.decode(self.params, token, pos, cache)
 
-    def fresh(self, cache):
-        return cache  # functional: decode never changes its input cache
+    def fresh(self, cache, steps):
+        """The cache with its global-attention buffers grown to hold the steps, so that no step
+        of a timed generation grows one (a new shape: a compile); functional otherwise: decode
+        never changes its input cache."""
+        return reserve(self.jm.config, cache, steps)
 
     def train_step(self):
         from models.jax.model import run

@@ -17,10 +17,11 @@ def supports(cfg) -> str | None:
 
 
 class Handle(ours_jax.Handle):
-    def fresh(self, cache):
+    def fresh(self, cache, steps):
         from models.jax.optimized import copy_cache
 
-        return copy_cache(cache)  # decode consumes (donates) its input cache
+        # decode consumes (donates) its input cache: a copy, grown for the steps first
+        return copy_cache(ours_jax.reserve(self.jm.config, cache, steps))
 
     def train_step(self):
         from bench.impls.base import jax_train_step

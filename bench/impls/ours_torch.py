@@ -24,8 +24,17 @@ class Handle:
     def decode(self, token, pos, cache):
         return self.model.decode(token, pos, cache)
 
-    def fresh(self, cache):
-        return cache  # decode returns a new cache and leaves this one unchanged
+    def fresh(self, cache, steps):
+        """The cache with its global-attention buffers grown to hold the steps (doubling, as
+        decode would on the way); decode returns a new cache and leaves its input unchanged."""
+        from models.torch.blocks import AttentionCache, grow_global
+        from models.torch.model import Cache
+
+        cfg, n = self.model.config, cache.length + steps
+        grown = [
+            grow_global(cfg, c, n) if isinstance(c, AttentionCache) else c for c in cache.blocks
+        ]
+        return Cache(grown, cache.length)
 
     def train_step(self):
         return torch_train_step(self.model, self.model)

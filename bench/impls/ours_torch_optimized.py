@@ -3,17 +3,14 @@
 Prefill is models.torch.optimized.GraphedPrefill: on a GPU one CUDA-graph replay per call (the
 graph captured on the first call of each shape). Training uses models.torch.optimized.chunked_loss
 (no [b, t, vocab] logits in memory). Decode runs through models.torch.optimized.StaticDecoder: on
-a GPU each step is one CUDA-graph replay of the torch.compile'd step over static caches (one
-decoder at a time, reloaded from the prefilled cache by `fresh`, rebuilt when the batch size
-changes). On the CPU both run eagerly.
+a GPU each step is one CUDA-graph replay of the torch.compile'd step over static caches sized
+for the generation (`fresh(cache, steps)`: kept per batch, reloaded from the prefilled cache,
+rebuilt when it has too little room). On the CPU both run eagerly.
 """
 
 from __future__ import annotations
 
 from bench.impls import ours_torch
-
-# room a decoder keeps beyond the prompt (global attention preallocates it)
-DECODE_ROOM = 256
 
 
 def supports(cfg) -> str | None:
@@ -25,27 +22,26 @@ class Handle(ours_torch.Handle):
         from models.torch.optimized import GraphedPrefill
 
         super().__init__(model, backend)
-        self._decoder = None  # one at a time: a throughput sweep would otherwise keep them all
+        self._decoder = None  # one at a time: a throughput search would otherwise keep them all
         self._prefill = GraphedPrefill(self.model, logits="last")
 
     def prefill(self, tokens, pos):
         return self._prefill(tokens, pos)
 
-    def fresh(self, cache):
+    def fresh(self, cache, steps):
+        """The static decoder loaded with `cache`: the one held when it has this batch and room
+        for the steps, else a new one (compiled and captured on its first step) with room for
+        exactly the cache and the steps."""
         import torch
 
         from models.torch.optimized import StaticDecoder
 
-        dec = self._decoder
-        if (
-            dec is None
-            or dec.batch_size != cache.batch_size
-            or cache.length + DECODE_ROOM > dec.capacity
-        ):
+        dec, need = self._decoder, cache.length + steps
+        if dec is None or dec.batch_size != cache.batch_size or dec.capacity < need:
             self._decoder = dec = None  # free the old buffers and graph first
             torch._dynamo.reset()  # and the old decoder's compiled step (a recompile each)
             self.backend.free()
-            dec = StaticDecoder(self.model, cache, capacity=cache.length + DECODE_ROOM)
+            dec = StaticDecoder(self.model, cache, capacity=need)
             self._decoder = dec
         else:
             dec.load(cache)

@@ -30,7 +30,7 @@ class Handle:
     def decode(self, token, pos, cache):
         return self._decode(self.variables, token, pos, cache)
 
-    def fresh(self, cache):
+    def fresh(self, cache, steps):
         return cache
 
     def train_step(self):

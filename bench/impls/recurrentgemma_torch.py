@@ -35,7 +35,7 @@ class Handle:
     def decode(self, token, pos, cache):
         return self.rg(token, pos, cache=cache)
 
-    def fresh(self, cache):
+    def fresh(self, cache, steps):
         return copy.deepcopy(cache)
 
     def train_step(self):

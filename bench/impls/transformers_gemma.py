@@ -41,7 +41,7 @@ class Handle:
     def decode(self, token, pos, cache):
         return call_with_cache(self.hf, token, cache, position_ids=pos)
 
-    def fresh(self, cache):
+    def fresh(self, cache, steps):
         return copy.deepcopy(cache)
 
     def train_step(self):

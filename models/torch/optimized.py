@@ -291,6 +291,7 @@ def _attend_static(blk, q, k, v, segment_pos, cache, length_t, kernel: bool = Fa
         out = mqa_decode_write_op(
             q[:, 0].unflatten(-1, (n, h)).contiguous(), cache.k, cache.v, mask[:, 0], h**-0.5,
             k[:, 0], v[:, 0], slot, segment_pos[:, 0], cfg.rope_dims, float(cfg.rope_base),
+            window is None,  # global: slots past this one are empty (filled in order)
         )  # fmt: skip
         return out.reshape(b, 1, n * h)
     q, k, v = blk.rope(q, k, v, segment_pos)

@@ -102,7 +102,7 @@ def test_decode_step_speed(impl_name, benchmark):
     benchmark.extra_info["case"] = case.id
     benchmark.pedantic(
         target,
-        setup=lambda: ((handle.fresh(gen.cache0),), {}),
+        setup=lambda: ((handle.fresh(gen.cache0, 1),), {}),
         rounds=regress.ROUNDS[FORM][0],
         warmup_rounds=2,
         iterations=1,
