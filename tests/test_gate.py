@@ -1,0 +1,188 @@
+"""The correctness gate of generation points (decode, throughput): every implementation is fed the
+same prompt and token stream (teacher-forced), over steps that reach past the local-attention
+window; the throughput search; and the generation workloads' bad input."""
+
+import pytest
+from fake_impls import small_memory, spec
+from test_harness import run_suite, write_suite
+
+from bench import catalog, suite
+from bench.worker import source_model
+from bench.workloads import GATE_STEPS, Throughput, gate_plan, sequence_bytes
+from models.config import preset
+
+
+def with_fakes(monkeypatch, *names):
+    monkeypatch.setattr(
+        catalog, "IMPLEMENTATIONS", catalog.IMPLEMENTATIONS + tuple(spec(n) for n in names)
+    )
+
+
+def test_gate_plan_reaches_past_the_window():
+    griffin, mqa, hawk = (preset(f"{f}-tiny") for f in ("griffin", "mqa", "hawk"))
+    window = griffin.attention_window  # 8
+    # short of the window: the first GATE_STEPS steps, the first and last compared
+    assert gate_plan(griffin, 1, 4) == (4, (0, 3))
+    assert gate_plan(griffin, 1, 100)[0] > window  # crosses: runs past position `window`
+    run, compared = gate_plan(griffin, 2, 100)
+    cross = window - 2  # the step at stream position `window`
+    assert run == cross + 3 and {0, cross - 1, cross, cross + 1, run - 1} <= set(compared)
+    # a prompt past the window already: every step is past it
+    assert gate_plan(griffin, 12, 100) == (GATE_STEPS, (0, GATE_STEPS - 1))
+    # no local attention: global MQA and attention-free Hawk never extend the run
+    assert gate_plan(mqa, 1, 100) == (GATE_STEPS, (0, GATE_STEPS - 1))
+    assert gate_plan(hawk, 1, 100) == (GATE_STEPS, (0, GATE_STEPS - 1))
+    assert gate_plan(griffin, 1, 1) == (1, (0,))
+
+
+def test_decode_points_of_different_lengths_share_one_reference():
+    body = """
+[[case]]
+workload = "decode"
+models = ["griffin-tiny"]
+impls = ["ours-torch-reference"]
+batch = 2
+prompt = 12
+steps = [4, 8, 16]
+"""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        s = suite.load(str(write_suite(Path(d), body)), "cpu")
+    keys = {p.gate_key for p in s.points}
+    assert len(s.points) == 3 and len(keys) == 1 and "gate_steps=4" in keys.pop()
+    assert len({p.key for p in s.points}) == 3
+
+
+CASE = """
+[[case]]
+workload = "decode"
+models = [{models}]
+impls = [{impls}]
+dtype = "{dtype}"
+batch = {batch}
+prompt = [{prompts}]
+steps = [{steps}]
+"""
+
+
+def _case(models, impls, prompts, steps, dtype="float32", batch=2):
+    q = ", ".join(f'"{x}"' for x in (models if isinstance(models, list) else [models]))
+    i = ", ".join(f'"{x}"' for x in impls)
+    return CASE.format(
+        models=q, impls=i, dtype=dtype, batch=batch,
+        prompts=", ".join(map(str, prompts)), steps=", ".join(map(str, steps)),
+    )  # fmt: skip
+
+
+def test_a_near_tie_argmax_passes_the_gate(monkeypatch, tmp_path):
+    """Generating from its own picks, it follows another token stream; teacher-forced, the
+    gate compares it on the reference's inputs and it passes, at a prompt past the window and
+    one whose generation crosses it."""
+    with_fakes(monkeypatch, "near_tie")
+    body = _case("griffin-tiny", ["fake-near_tie"], [2, 12], [16])
+    records = run_suite(write_suite(tmp_path, body), tmp_path / "out.jsonl")
+    assert len(records) == 2
+    for r in records:
+        assert r["status"] == "ok", r["error"]
+        assert r["correctness"]["passed"] and len(r["correctness"]["rel_err_by_output"]) >= 3
+
+
+def test_a_ring_slot_off_by_one_past_the_window_is_a_mismatch(monkeypatch, tmp_path):
+    with_fakes(monkeypatch, "ring_off_by_one")
+    body = _case("griffin-tiny", ["fake-ring_off_by_one"], [2, 12], [16])
+    body += _case("griffin-tiny", ["fake-ring_off_by_one"], [1], [4])  # never past the window
+    records = run_suite(write_suite(tmp_path, body), tmp_path / "out.jsonl")
+    by = {(r["params"]["prompt"], r["params"]["steps"]): r for r in records}
+    for point in ((2, 16), (12, 16)):
+        r = by[point]
+        assert r["status"] == "mismatch", point
+        assert "step" in r["error"] and "at 'step" in r["error"]
+        assert r["timing"] is None
+    assert by[(1, 4)]["status"] == "ok"
+
+
+def test_bfloat16_against_the_float32_reference_passes(tmp_path):
+    """Our own reference model in bfloat16 (torch and JAX), gated against itself in float32 at
+    batch 16 over prompts past the window: no false alarm."""
+    body = _case(["griffin-tiny", "mqa-tiny"], ["ours-torch-reference", "ours-jax-reference"],
+                 [16, 32, 64], [6], dtype="bfloat16", batch=16)  # fmt: skip
+    records = run_suite(write_suite(tmp_path, body), tmp_path / "out.jsonl")
+    assert len(records) == 12
+    bad = [(r["model"], r["impl"], r["params"], r["error"]) for r in records if r["status"] != "ok"]
+    assert not bad
+
+
+THROUGHPUT = """
+[[case]]
+workload = "throughput"
+models = ["hawk-tiny"]
+impls = ["fake-small_memory"]
+gen_len = 6
+max_batch = {max_batch}
+"""
+
+
+def test_throughput_search_finds_the_largest_batch_that_fits(monkeypatch, tmp_path):
+    with_fakes(monkeypatch, "small_memory")
+    monkeypatch.setattr(small_memory, "FIT", 5)
+    monkeypatch.setattr(small_memory, "FREE", None)
+    path = write_suite(tmp_path, THROUGHPUT.format(max_batch=16))
+    (r,) = run_suite(path, tmp_path / "a.jsonl")
+    assert r["status"] == "ok", r["error"]
+    extra = r["extra"]
+    assert extra["batch"] == 5 and extra["limited_by"] == "memory"
+    tried = [(p["batch"], p["status"]) for p in extra["probes"]]
+    assert tried[0] == (16, "oom") and (5, "ok") in tried and (6, "oom") in tried
+    assert r["work"]["tokens"] == 5 * 6 and r["timing"]["reps"] >= 1
+
+    # under the cap: the cap limits
+    (r,) = run_suite(write_suite(tmp_path, THROUGHPUT.format(max_batch=3), "b"), tmp_path / "b")
+    assert (r["extra"]["batch"], r["extra"]["limited_by"]) == (3, "max_batch")
+    assert [p["batch"] for p in r["extra"]["probes"]] == [3]
+
+    # nothing fits: recorded oom with the reason (here the gate's generation already fails)
+    monkeypatch.setattr(small_memory, "FIT", 0)
+    (r,) = run_suite(write_suite(tmp_path, THROUGHPUT.format(max_batch=4), "c"), tmp_path / "c")
+    assert r["status"] == "oom" and "out of memory" in r["error"]
+    # and the search itself, when not even batch 1 fits
+    from bench.timing import TimingConfig
+
+    handle = small_memory.build(source_model("hawk-tiny", "float32", "cpu"), "float32", None)
+    p = {"prompt": 1, "gen_len": 6, "max_batch": 4}
+    with pytest.raises(MemoryError, match="even batch 1 does not fit"):
+        Throughput().measure(handle, preset("hawk-tiny"), p, "float32", 0, TimingConfig())
+
+
+def test_throughput_bound_comes_from_free_memory(monkeypatch):
+    cfg = preset("mqa-tiny")
+    per_seq = sequence_bytes(cfg, 1 + 100, "float32")
+    handle = small_memory.build(source_model("mqa-tiny", "float32", "cpu"), "float32", None)
+    p = {"prompt": 1, "gen_len": 100, "max_batch": 64}
+    monkeypatch.setattr(small_memory, "FREE", int(10.5 * per_seq / 0.9))
+    assert Throughput().batch_bound(handle, cfg, p, "float32") == (10, "memory")
+    monkeypatch.setattr(small_memory, "FREE", 10**15)
+    assert Throughput().batch_bound(handle, cfg, p, "float32") == (64, "max_batch")
+    # a longer generation holds more per sequence: a smaller bound
+    monkeypatch.setattr(small_memory, "FREE", int(10.5 * per_seq / 0.9))
+    longer = Throughput().batch_bound(handle, cfg, {**p, "gen_len": 1000}, "float32")
+    assert longer[0] < 10
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ('workload = "throughput"\nmodels = ["hawk-tiny"]\ngen_len = 8\nmax_batch = 0',
+         "max_batch must be a positive integer"),
+        ('workload = "throughput"\nmodels = ["hawk-tiny"]\ngen_len = 2000000',
+         "prompt \\+ gen_len = 2000001 tokens; at most 1048576"),
+        ('workload = "decode"\nmodels = ["hawk-tiny"]\nprompt = 4\nsteps = 0',
+         "steps must be a positive integer"),
+    ],
+)  # fmt: skip
+def test_generation_bad_input_is_one_clear_line(tmp_path, case, message):
+    path = write_suite(tmp_path, f"[[case]]\n{case}\n")
+    with pytest.raises(suite.SuiteError, match=message) as info:
+        suite.load(str(path), "cpu")
+    assert "\n" not in str(info.value)
