@@ -57,6 +57,15 @@ class Point:
         return f"{self.workload}|{self.model}|{self.dtype}|{args}"
 
     @property
+    def input_key(self) -> str:
+        """Seeds the point's inputs: the workload's seed parameters (decode points after the
+        same prompt share their prompt, whatever their gate's length)."""
+        cfg = None if self.model == KERNEL_MODEL else preset(self.model)
+        params = workload(self.workload).seed_params(cfg, self.param_dict)
+        args = ",".join(f"{k}={v}" for k, v in params.items() if v is not None)
+        return f"{self.workload}|{self.model}|{self.dtype}|{args}"
+
+    @property
     def key(self) -> str:
         """Identifies the point in a records file: a rerun skips recorded keys."""
         args = ",".join(f"{k}={v}" for k, v in self.params if v is not None)

@@ -10,6 +10,11 @@
   at a time;
 - CPU (torch): a monotonic clock.
 
+`measure_marked` times a long call and its prefixes at once (a generation of N steps and its first
+n steps, for each mark n): CUDA events recorded at each mark inside the timed region (no sync),
+elsewhere a synchronisation and a clock reading at each mark (JAX has no device events: a few
+marks in thousands of steps).
+
 Every timer does the same thing: one first call (compilation, autotuning, caches: recorded apart as
 `first_ms`), `warmup - 1` more untimed calls, then repetitions until the time budget is used (at
 least `min_reps`, at most `max_reps`). `warmup = 0` makes no untimed call and times exactly
@@ -97,6 +102,49 @@ class _Timer:
             return Timing(samples, first_ms, cfg.warmup, calls)
         return Timing(self._repeat(fn, setup, reps), first_ms, cfg.warmup)
 
+    def measure_marked(
+        self, fn: Callable, marks, setup: Callable | None = None, cfg: TimingConfig | None = None
+    ) -> dict[int, Timing]:
+        """`fn(*setup(), mark)` calls `mark(m, out)` when it has done `m` units of its work (for
+        each m in marks, in order); returns, per mark, the times from the call's start to the
+        mark: `cfg.warmup` untimed calls (the first timed apart), then repetitions as `measure`
+        makes them (exactly `min_reps` with warmup 0)."""
+        cfg = cfg or TimingConfig()
+        marks = sorted(set(marks))
+        first_ms = last_ms = None
+        for i in range(cfg.warmup):
+            args = setup() if setup else ()
+            self.sync(args)
+            t0 = time.perf_counter()
+            self.sync(fn(*args, lambda m, out: None))
+            last_ms = (time.perf_counter() - t0) * 1e3
+            first_ms = last_ms if i == 0 else first_ms
+        reps = cfg.min_reps
+        if last_ms is not None:
+            reps = int(min(max(cfg.budget_s * 1e3 / max(last_ms, 1e-3), reps), cfg.max_reps))
+        samples: dict[int, list[float]] = {m: [] for m in marks}
+        for _ in range(reps):
+            args = setup() if setup else ()
+            self.sync(args)
+            for m, ms in self._marked_rep(fn, args).items():
+                if m in samples:
+                    samples[m].append(ms)
+        missing = [m for m, s in samples.items() if len(s) != reps]
+        if missing:
+            raise RuntimeError(f"the timed call never reached mark(s) {missing}")
+        return {m: Timing(s, first_ms, cfg.warmup) for m, s in samples.items()}
+
+    def _marked_rep(self, fn, args) -> dict[int, float]:
+        seen: dict[int, float] = {}
+
+        def mark(m, out):
+            self.sync(out)
+            seen[m] = time.perf_counter()
+
+        t0 = time.perf_counter()
+        fn(*args, mark)
+        return {m: (t - t0) * 1e3 for m, t in seen.items()}
+
     def calls_per_sample(self, call_ms: float) -> int:
         """Back-to-back calls a sample averages, given one synced call's time: 1 (every call
         its own sample) but for the JAX timer."""
@@ -167,3 +215,18 @@ class CudaEventTimer(_Timer):
             events.append((start, end))
         torch.cuda.synchronize()
         return [s.elapsed_time(e) for s, e in events]
+
+    def _marked_rep(self, fn, args) -> dict[int, float]:
+        import torch
+
+        seen: dict[int, torch.cuda.Event] = {}
+
+        def mark(m, out):
+            seen[m] = torch.cuda.Event(enable_timing=True)
+            seen[m].record()
+
+        start = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(*args, mark)
+        torch.cuda.synchronize()
+        return {m: start.elapsed_time(e) for m, e in seen.items()}

@@ -164,7 +164,7 @@ def run_reference(job: dict, emit) -> None:
                 path = _gate_path(job["gate_dir"], p.gate_key)
                 if path.with_suffix(".npz").exists():
                     continue
-                out = workload(p.workload).gate(handle, cfg, p.param_dict, input_seed(p.gate_key))
+                out = workload(p.workload).gate(handle, cfg, p.param_dict, input_seed(p.input_key))
                 np.savez(path.with_suffix(".npz"), **out)
                 path.with_suffix(".json").write_text(
                     json.dumps({"reference": catalog.REFERENCE, "reference_dtype": ref_dtype})
@@ -333,7 +333,7 @@ def run_measure(job: dict, emit) -> int:
 
     def gate_and_measure(p, rec):
         """Gate one point against its reference output, then time it; fills in `rec`."""
-        wl, params, seed = workload(p.workload), p.param_dict, input_seed(p.gate_key)
+        wl, params, seed = workload(p.workload), p.param_dict, input_seed(p.input_key)
         try:
             ref, ref_info = _reference(job["gate_dir"], p.gate_key)
             out = wl.gate(handle, cfg, params, seed)

@@ -9,6 +9,7 @@ tokens), the output its correctness gate compares, and how it is measured:
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -52,6 +53,10 @@ class Workload:
         """The parameters that decide the gate's inputs and reference outputs (all of them,
         unless a workload shares references between points)."""
         return p
+
+    def seed_params(self, cfg: ModelConfig | None, p: dict) -> dict:
+        """The parameters that seed the point's inputs (the gate's, by default)."""
+        return self.gate_params(cfg, p)
 
     def normalize(self, params: dict) -> dict:
         """Validate parameter names and values; fill defaults."""
@@ -166,11 +171,14 @@ class _Generation:
         """A cache to generate from, with room for the whole generation."""
         return (self.handle.fresh(self.cache0, self.steps),)
 
-    def run(self, cache, steps: int | None = None):
+    def run(self, cache, steps: int | None = None, mark=None):
+        """Greedy steps from `cache`; `mark(i, token)` after the i-th step (the timer's mark)."""
         token, handle, argmax = self.first, self.handle, self.handle.backend.argmax_next
-        for pos in self.pos[:steps]:
+        for i, pos in enumerate(self.pos[:steps], start=1):
             logits, cache = handle.decode(token, pos, cache)
             token = argmax(logits)
+            if mark is not None:
+                mark(i, token)
         return token
 
     def warm(self, steps: int = 2):
@@ -212,20 +220,40 @@ class Decode(Workload):
         run, _ = gate_plan(cfg, p["prompt"], p["steps"])
         return {"batch": p["batch"], "prompt": p["prompt"], "gate_steps": run}
 
+    def seed_params(self, cfg: ModelConfig, p: dict) -> dict:
+        return {"batch": p["batch"], "prompt": p["prompt"]}
+
     def gate(self, handle, cfg, p, seed):
         return teacher_forced(handle, cfg, p["batch"], p["prompt"], p["steps"], seed)
 
     def measure(self, handle, cfg, p, dtype, seed, tcfg: TimingConfig) -> Measurement:
+        """Times a generation of `steps` with a mark at every power of two below it: a later
+        point of the same handle, batch and prompt asking for one of those lengths takes its
+        time from that generation's first steps (the suites list steps longest first), so a
+        sweep over lengths costs one generation per prompt; `extra.timed_within_steps` says so.
+        """
         b, k, n = p["batch"], p["prompt"], p["steps"]
-        gen = _Generation(handle, cfg, b, k, n, seed)
-        gen.warm()
-        timing = handle.backend.timer().measure(gen.run, setup=gen.fresh, cfg=tcfg)
+        # the handle's last timed generation: (key, steps, {mark: Timing}, cache bytes)
+        key = (b, k, seed, dataclasses.astuple(tcfg))
+        last = getattr(handle, "_timed_generation", None)
+        if last is None or last[0] != key or n not in last[2]:
+            gen = _Generation(handle, cfg, b, k, n, seed)
+            gen.warm()
+            marks = {1 << i for i in range(n.bit_length()) if 1 << i < n} | {n}
+            timings = handle.backend.timer().measure_marked(
+                lambda cache, mark: gen.run(cache, mark=mark), marks, setup=gen.fresh, cfg=tcfg
+            )
+            last = (key, n, timings, handle.cache_nbytes(gen.cache0))
+            handle._timed_generation = last
+            del gen
+        _, longest, timings, cache_nbytes = last
+        timing = timings[n]
         memory = {
-            "cache_bytes": handle.cache_nbytes(gen.cache0),
+            "cache_bytes": cache_nbytes,
             "cache_bytes_analytic": analytic.cache_bytes(cfg, b, k, dtype),
             "cache_length": k,
         }
-        extra = {"per_step_ms": timing.median_ms / n}
+        extra = {"per_step_ms": timing.median_ms / n, "timed_within_steps": longest}
         return Measurement(timing, _generation_work(cfg, b, k, n, dtype), memory, extra)
 
 

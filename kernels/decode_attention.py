@@ -180,7 +180,7 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, m_ptr, acc_ptr, ml_ptr, kn_ptr, vn_ptr, s
         tl.store(k_ptr + b * skb + slots * sks + hs, k_new, mask=mine)
         tl.store(v_ptr + b * svb + slots * svs + hs, v_new, mask=mine)
         if FILLED:  # nothing but empty slots past the new one: a split there reads nothing
-            end = tl.minimum(end, slot + 1)
+            end = tl.minimum(end, slot.to(tl.int32) + 1)
     for s0 in range(start, end, BLOCK_S):
         ss = s0 + tl.arange(0, BLOCK_S)
         valid = ss < end

@@ -186,3 +186,38 @@ def test_generation_bad_input_is_one_clear_line(tmp_path, case, message):
     with pytest.raises(suite.SuiteError, match=message) as info:
         suite.load(str(path), "cpu")
     assert "\n" not in str(info.value)
+
+
+def test_shorter_generations_are_timed_within_the_longest(tmp_path):
+    """Steps listed longest first: one timed generation per prompt, the shorter points read at
+    their marks (fewer steps, less time); listed shortest first, each is its own generation."""
+    body = _case("hawk-tiny", ["ours-torch-reference"], [3], [8, 4]) + _case(
+        "mqa-tiny", ["ours-torch-reference"], [3], [2, 6]
+    )
+    records = run_suite(write_suite(tmp_path, body), tmp_path / "out.jsonl")
+    by = {(r["model"], r["params"]["steps"]): r for r in records}
+    assert all(r["status"] == "ok" for r in records)
+    assert by[("hawk-tiny", 8)]["extra"]["timed_within_steps"] == 8
+    assert by[("hawk-tiny", 4)]["extra"]["timed_within_steps"] == 8
+    assert by[("hawk-tiny", 4)]["timing"]["median_ms"] < by[("hawk-tiny", 8)]["timing"]["median_ms"]
+    assert by[("mqa-tiny", 2)]["extra"]["timed_within_steps"] == 2
+    assert by[("mqa-tiny", 6)]["extra"]["timed_within_steps"] == 6
+
+
+def test_marked_timer_times_every_prefix():
+    import time
+
+    from bench.timing import CpuTimer, TimingConfig
+
+    def work(mark):
+        for i in range(1, 5):
+            time.sleep(0.002 * i)
+            mark(i, None)
+
+    cfg = TimingConfig(warmup=0, min_reps=3)
+    out = CpuTimer().measure_marked(work, [1, 2, 4], cfg=cfg)
+    assert sorted(out) == [1, 2, 4] and all(len(t.samples_ms) == 3 for t in out.values())
+    assert out[1].median_ms < out[2].median_ms < out[4].median_ms
+    assert out[4].median_ms >= 20 and out[1].first_ms is None
+    with pytest.raises(RuntimeError, match="never reached mark"):
+        CpuTimer().measure_marked(work, [1, 9], cfg=cfg)
