@@ -126,20 +126,20 @@ class _Timer:
         for _ in range(reps):
             args = setup() if setup else ()
             self.sync(args)
-            for m, ms in self._marked_rep(fn, args).items():
-                if m in samples:
-                    samples[m].append(ms)
+            for m, ms in self._marked_rep(fn, args, set(marks)).items():
+                samples[m].append(ms)
         missing = [m for m, s in samples.items() if len(s) != reps]
         if missing:
             raise RuntimeError(f"the timed call never reached mark(s) {missing}")
         return {m: Timing(s, first_ms, cfg.warmup) for m, s in samples.items()}
 
-    def _marked_rep(self, fn, args) -> dict[int, float]:
+    def _marked_rep(self, fn, args, marks: set) -> dict[int, float]:
         seen: dict[int, float] = {}
 
-        def mark(m, out):
-            self.sync(out)
-            seen[m] = time.perf_counter()
+        def mark(m, out):  # fn may mark more often than asked: only the marks are synced
+            if m in marks:
+                self.sync(out)
+                seen[m] = time.perf_counter()
 
         t0 = time.perf_counter()
         fn(*args, mark)
@@ -216,14 +216,15 @@ class CudaEventTimer(_Timer):
         torch.cuda.synchronize()
         return [s.elapsed_time(e) for s, e in events]
 
-    def _marked_rep(self, fn, args) -> dict[int, float]:
+    def _marked_rep(self, fn, args, marks: set) -> dict[int, float]:
         import torch
 
         seen: dict[int, torch.cuda.Event] = {}
 
         def mark(m, out):
-            seen[m] = torch.cuda.Event(enable_timing=True)
-            seen[m].record()
+            if m in marks:
+                seen[m] = torch.cuda.Event(enable_timing=True)
+                seen[m].record()
 
         start = torch.cuda.Event(enable_timing=True)
         start.record()

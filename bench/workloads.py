@@ -111,48 +111,58 @@ class Prefill(Workload):
         return Measurement(timing, work, memory)
 
 
-# Decode steps the correctness gate of a generation runs and compares, at least: the first and
-# the last. Where the generation goes past the local-attention window, the gate runs past it too.
+# Decode steps the correctness gate of a generation compares after the prompt, and across the
+# local-attention window where the generation goes past it (gate_plan).
 GATE_STEPS = 4
 # the most tokens (prompt + generated) a generation point may ask for
 MAX_TOKENS = 1 << 20
 
 
-def gate_plan(cfg: ModelConfig, prompt: int, steps: int) -> tuple[int, tuple[int, ...]]:
-    """(decode steps the gate runs, the step indices it compares) for a generation of `steps`
-    tokens after a prompt of `prompt`. Step i runs at stream position prompt + i. A local
-    attention ring first drops a key at position `window` (a ring of `window` slots) or
-    `window + 1` (window + 1 slots): when the generation reaches past the window, the gate runs
-    to one step beyond both and compares the steps around them as well."""
-    run = min(steps, GATE_STEPS)
+def gate_plan(cfg: ModelConfig, prompt: int, steps: int) -> tuple[tuple[int, int], ...]:
+    """The decode steps the gate of a generation of `steps` tokens after a prompt of `prompt`
+    compares, as phases (first step, steps): the first GATE_STEPS steps after the prompt; and,
+    where the generation reaches past the local-attention window, GATE_STEPS steps across it.
+    Step i runs at stream position prompt + i; a local-attention ring first drops a key at
+    position `window` (a ring of `window` slots) or `window + 1` (window + 1 slots): the
+    second phase runs positions window - 1 .. window + 2, after a prefill of the prompt and the
+    token stream up to it (prefill and decode agree on a cache: the model tests' rule), so
+    the gate costs a few steps however long the generation."""
+    first = (0, min(steps, GATE_STEPS))
     window = cfg.attention_window if ATTENTION in cfg.block_types else None
-    compared = {0, run - 1}
-    if window is not None and prompt <= window < prompt + steps - 1:
-        cross = window - prompt  # the first step at position `window`
-        run = min(steps, max(run, cross + 3))
-        compared |= {cross - 1, cross, cross + 1, cross + 2, run - 1}
-    return run, tuple(sorted(i for i in compared if 0 <= i < run))
+    if window is None or not prompt <= window < prompt + steps - 1:
+        return (first,)
+    cross = window - 1 - prompt  # the step at position window - 1
+    if cross <= first[1]:  # the first phase runs into it: one phase across the window
+        return ((0, min(steps, cross + GATE_STEPS)),)
+    return (first, (cross, min(GATE_STEPS, steps - cross)))
 
 
 def teacher_forced(handle, cfg, batch, prompt, steps, seed) -> dict:
-    """The correctness gate of a generation: prefill a seeded prompt, then feed a seeded token
-    stream (not the model's own picks, so every implementation sees the same inputs however
-    its argmax breaks a near-tie) for gate_plan's steps on a cache sized for the whole
-    generation (`steps`), as the timed run has. Returns {"prefill": logits, "step<i>": logits}."""
+    """The correctness gate of a generation: a seeded prompt, then a seeded token stream (not
+    the model's own picks, so every implementation sees the same inputs however its argmax
+    breaks a near-tie) for gate_plan's phases, each decoded on a cache sized for the whole
+    generation, as the timed run has. Returns {"prefill": logits, "step<i>": logits}."""
     be = handle.backend
-    run, compared = gate_plan(cfg, prompt, steps)
-    tokens, pos = _prefill_inputs(handle, cfg, batch, prompt, seed)
-    logits, cache0 = handle.prefill(tokens, pos)
-    out = {"prefill": be.to_numpy(logits)}
-    be.argmax_next(logits)  # compiled here once, outside any timed region
-    stream = random_tokens(cfg, batch, run, seed + 1)
-    cache = handle.fresh(cache0, steps)
-    for i in range(run):
-        logits, cache = handle.decode(
-            be.tokens(stream[:, i : i + 1]), be.tokens(positions(batch, prompt + i, 1)), cache
+    phases = gate_plan(cfg, prompt, steps)
+    end = phases[-1][0] + phases[-1][1]
+    tokens = random_tokens(cfg, batch, prompt, seed)
+    stream = random_tokens(cfg, batch, end, seed + 1)
+    out = {}
+    for start, n in phases:
+        known = np.concatenate([tokens, stream[:, :start]], axis=1)
+        logits, cache = handle.prefill(
+            be.tokens(known), be.tokens(positions(batch, 0, known.shape[1]))
         )
-        if i in compared:
+        if start == 0:
+            out["prefill"] = be.to_numpy(logits)
+            be.argmax_next(logits)  # compiled here once, outside any timed region
+        cache = handle.fresh(cache, steps - start)
+        for i in range(start, start + n):
+            logits, cache = handle.decode(
+                be.tokens(stream[:, i : i + 1]), be.tokens(positions(batch, prompt + i, 1)), cache
+            )
             out[f"step{i}"] = be.to_numpy(logits)
+        del cache
     return out
 
 
@@ -217,8 +227,8 @@ class Decode(Workload):
     def gate_params(self, cfg: ModelConfig, p: dict) -> dict:
         """The parameters that decide the gate's inputs and reference outputs: points that
         differ only in how many steps they time past the gate's share one reference."""
-        run, _ = gate_plan(cfg, p["prompt"], p["steps"])
-        return {"batch": p["batch"], "prompt": p["prompt"], "gate_steps": run}
+        *_, (start, n) = gate_plan(cfg, p["prompt"], p["steps"])
+        return {"batch": p["batch"], "prompt": p["prompt"], "gate_steps": start + n}
 
     def seed_params(self, cfg: ModelConfig, p: dict) -> dict:
         return {"batch": p["batch"], "prompt": p["prompt"]}
@@ -345,8 +355,8 @@ class Throughput(Workload):
         return min(p["max_batch"], THROUGHPUT_GATE_BATCH)
 
     def gate_params(self, cfg: ModelConfig, p: dict) -> dict:
-        run, _ = gate_plan(cfg, p["prompt"], p["gen_len"])
-        return {"batch": self._gate_batch(p), "prompt": p["prompt"], "gate_steps": run}
+        *_, (start, n) = gate_plan(cfg, p["prompt"], p["gen_len"])
+        return {"batch": self._gate_batch(p), "prompt": p["prompt"], "gate_steps": start + n}
 
     def gate(self, handle, cfg, p, seed):
         return teacher_forced(handle, cfg, self._gate_batch(p), p["prompt"], p["gen_len"], seed)

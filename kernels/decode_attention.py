@@ -283,7 +283,7 @@ def mqa_decode(q, k, v, mask, scale: float | None = None, new=None, rope=None, f
     q = q.contiguous()
     mask = mask.contiguous().view(torch.uint8)
     scale = h**-0.5 if scale is None else scale
-    bn, bh = 16, triton.next_power_of_2(h)
+    bn, bh = 16, max(16, triton.next_power_of_2(h))  # tl.dot needs K >= 16 on a GPU
     block, splits, chunk = _plan(b, s, _sm_count(q.device))
     acc = torch.empty(b * splits * bn * bh, dtype=torch.float32, device=q.device)
     ml = torch.empty(b * splits * 2 * bn, dtype=torch.float32, device=q.device)

@@ -21,18 +21,21 @@ def with_fakes(monkeypatch, *names):
 def test_gate_plan_reaches_past_the_window():
     griffin, mqa, hawk = (preset(f"{f}-tiny") for f in ("griffin", "mqa", "hawk"))
     window = griffin.attention_window  # 8
-    # short of the window: the first GATE_STEPS steps, the first and last compared
-    assert gate_plan(griffin, 1, 4) == (4, (0, 3))
-    assert gate_plan(griffin, 1, 100)[0] > window  # crosses: runs past position `window`
-    run, compared = gate_plan(griffin, 2, 100)
-    cross = window - 2  # the step at stream position `window`
-    assert run == cross + 3 and {0, cross - 1, cross, cross + 1, run - 1} <= set(compared)
+    g = GATE_STEPS
+    # short of the window: the first GATE_STEPS steps
+    assert gate_plan(griffin, 1, 4) == ((0, 4),)
+    # crossing it: a second phase over positions window - 1 .. window + 2
+    (first, (start, n)) = gate_plan(griffin, 1, 100)
+    assert first == (0, g) and (1 + start, n) == (window - 1, g)
+    # a prompt just short of it: one phase running across
+    assert gate_plan(griffin, 6, 100) == ((0, window - 1 - 6 + g),)
+    # a generation ending at the window's edge does not cross it
+    assert gate_plan(griffin, 1, window) == ((0, g),)
     # a prompt past the window already: every step is past it
-    assert gate_plan(griffin, 12, 100) == (GATE_STEPS, (0, GATE_STEPS - 1))
-    # no local attention: global MQA and attention-free Hawk never extend the run
-    assert gate_plan(mqa, 1, 100) == (GATE_STEPS, (0, GATE_STEPS - 1))
-    assert gate_plan(hawk, 1, 100) == (GATE_STEPS, (0, GATE_STEPS - 1))
-    assert gate_plan(griffin, 1, 1) == (1, (0,))
+    assert gate_plan(griffin, 12, 100) == ((0, g),)
+    # no local attention: global MQA and attention-free Hawk have no second phase
+    assert gate_plan(mqa, 1, 100) == ((0, g),) and gate_plan(hawk, 1, 100) == ((0, g),)
+    assert gate_plan(griffin, 1, 1) == ((0, 1),)
 
 
 def test_decode_points_of_different_lengths_share_one_reference():
