@@ -1,9 +1,11 @@
-"""Time the Pallas (Triton lowering) scan and RG-LRU of kernels/pallas.py on a CUDA JAX backend at
+"""Measures the Pallas scan and RG-LRU kernels per block configuration beside the associative scan (GPU).
+
+Time the Pallas (Triton lowering) scan and RG-LRU of kernels/pallas.py on a CUDA JAX backend at
 the benchmark shape (B=8, T=4096, D=2560, bf16), for a few block configurations, beside
 `jax.lax.associative_scan` (the fastest JAX peer); every variant is checked against the JAX
 references (relative Frobenius error of outputs and gradients) before it is timed.
 
-    python -m bench.probes.pallas_scan --out FILE.json [--t 4096] [--reps 20] [--scan-fwd-only]
+    python tools/pallas_scan.py --out FILE.json [--t 4096] [--reps 20] [--scan-fwd-only]
         [--kernel-times]
 
 The chained scan forward (linear_scan(fwd_chained=True): one program per time tile x channel
@@ -20,6 +22,11 @@ Forward+backward is one jitted call of jax.vjp (the forward kernel and the backw
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, run as a script
 
 import argparse
 import json
@@ -65,7 +72,7 @@ CHAINED_FWD_CONFIGS = [
     P.Config(64, 128, 4, 1),
 ]
 # the Mosaic GPU forward (linear_scan(fwd_mosaic=True)): (time tile, channels, shared-memory
-# buffers, L2 prefetch distance in tiles). Session 9's sweep (results/h100/NOTES.md): (64, 128,
+# buffers, L2 prefetch distance in tiles). The H100 sweep (docs/h100.md): (64, 128,
 # 2, 0) best at T=4096 and 16384; the others 7-27% slower at 4096.
 MOSAIC_FWD_CONFIGS = [
     P.MosaicConfig(64, 128, 2, 0),

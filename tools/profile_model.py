@@ -1,14 +1,20 @@
-"""Profile the optimized torch model on the GPU: prefill, one eager decode step and a training
+"""Profiles the optimized torch model's prefill, eager decode step and training step (GPU).
+
+Profile the optimized torch model on the GPU: prefill, one eager decode step and a training
 step of a preset (at each of --train-batch, T=2048), random weights, bf16. Prints the kernels
 that take the most GPU time.
 
-    python -m bench.probes.profile_model [--model recurrentgemma-2b] [--train-batch 1 8] [--out DIR]
+    python tools/profile_model.py [--model recurrentgemma-2b] [--train-batch 1 8] [--out DIR]
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, run as a script
+
+import argparse
 
 import torch
 from torch.profiler import ProfilerActivity, profile

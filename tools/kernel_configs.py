@@ -1,13 +1,20 @@
-"""Sweep the block shapes of our Triton kernels on the GPU at the benchmark shape, check every
+"""Sweeps the Triton scan / RG-LRU / Conv1D block configurations at B=8 D=2560 (GPU).
+
+Sweep the block shapes of our Triton kernels on the GPU at the benchmark shape, check every
 variant against the reference, and time the fastest peer (JAX associative scan) in the same run.
 
-    python -m bench.probes.kernel_configs [--out FILE.json] [--quick]
+    python tools/kernel_configs.py [--out FILE.json] [--quick]
 
 Prints GB/s against the copy bandwidth measured first; the chosen defaults go into the kernels'
-FWD_CONFIG / BWD_CONFIG with the numbers in results/h100/NOTES.md.
+FWD_CONFIG / BWD_CONFIG, with the numbers in docs/h100.md.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, run as a script
 
 import argparse
 import itertools
@@ -128,22 +135,11 @@ def measure_length(T, results, ceiling, grids):
             ceiling,
             (scan_mod._scan_fwd_packed_kernel,),
         )
-    if "scan fwd chained" in grids:  # one program per tile, chained by decoupled look-back
-        sweep(
-            f"scan fwd chained T={T}",
-            lambda cfg: lambda: scan_mod._forward_chained(a, x, None, cfg),
-            lambda out: rel(out[0][..., sub], h_ref),
-            grids["scan fwd chained"],
-            3 * n * 2,
-            results,
-            ceiling,
-            (scan_mod._scan_fwd_chained_kernel,),
-        )
     if "scan bwd" in grids:
         _scan_bwd(a, x, sub, n, results, ceiling, grids)
     if "jax associative" in grids:
         _jax_associative(a, x, T, n, results)
-    if any(k in grids for k in ("rglru fwd", "rglru fwd chained", "rglru bwd", "conv fwd")):
+    if any(k in grids for k in ("rglru fwd", "rglru bwd", "conv fwd")):
         _rglru_conv(T, sub, n, results, ceiling, grids)
 
 
@@ -216,17 +212,6 @@ def _rglru_conv(T, sub, n, results, ceiling, grids):
             ceiling,
             (rglru_mod._rglru_fwd_kernel,),
         )
-    if "rglru fwd chained" in grids:  # one program per tile, chained by decoupled look-back
-        sweep(
-            f"rglru fwd chained T={T}",
-            lambda cfg: lambda: rglru_mod._rglru_forward_chained(*xs, a_param, pos, None, cfg),
-            lambda out: rel(out[0][..., sub], y_ref),
-            grids["rglru fwd chained"],
-            4 * n * 2,
-            results,
-            ceiling,
-            (rglru_mod._rglru_fwd_chained_kernel,),
-        )
     y, _ = rglru_mod._rglru_forward(*xs, a_param, pos, None, best_rf)
     dy = torch.randn_like(y)
     if "rglru bwd" in grids:
@@ -267,7 +252,7 @@ def main() -> None:
         "--only",
         nargs="+",
         metavar="NAME",
-        help="only these sweeps (e.g. 'scan fwd' 'scan fwd chained' 'jax associative')",
+        help="only these sweeps (e.g. 'scan fwd' 'scan fwd packed' 'jax associative')",
     )
     parser.add_argument(
         "--grid", choices=("full", "top"), default="full",
@@ -275,7 +260,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--plain-gates", action="store_true",
-        help="the RG-LRU kernels as before session 7 (IEEE-path exp/sigmoid/sqrt, masked tiles): "
+        help="the RG-LRU kernels with the former gates (IEEE-path exp/sigmoid/sqrt, masked tiles): "
         "the baseline of an A/B run in one call",
     )  # fmt: skip
     parser.add_argument(
@@ -291,28 +276,23 @@ def main() -> None:
     ceiling = copy_gbps()
     results["copy_gbps"] = ceiling
     print(f"copy {ceiling:.0f} GB/s", flush=True)
-    # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES); a first sweep (bench/probes history in
-    # results/h100/NOTES.md) found CONTIG_D=True and longer time tiles faster everywhere
-    # The first two sweeps (results/h100/NOTES.md) found vector loads (CONTIG_D) and software
+    # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES). Earlier sweeps (docs/h100.md) found vector loads (CONTIG_D) and software
     # pipelining (NUM_STAGES 3) faster everywhere, and register spills behind the slow corners;
     # this grid adds narrower channel blocks (more programs, fewer registers per thread).
     P = itertools.product
     grids = {
         "scan fwd": list(P([64, 128, 256], [8, 16, 32], [1, 2], [True], [3, 4])),
         "scan bwd": list(P([32, 64, 128], [16, 32], [1, 2, 4], [True], [3, 4])),
-        # (BLOCK_T, BLOCK_P words, num_warps, L2_TILES, PACK); 64-step tiles spill (session 8)
+        # (BLOCK_T, BLOCK_P words, num_warps, L2_TILES, PACK); 64-step tiles spill
         "scan fwd packed": [
             (t, p, p // 32, l2, k) for t, p, l2, k in P([16, 32], [32, 64], [0, 1, 2, 3, 4], [2, 4])
         ],
         "rglru fwd": list(P([32, 64, 128], [8, 16, 32], [1, 2, 4], [True], [3])),
         "rglru bwd": list(P([16, 32, 64], [8, 16, 32], [1, 2, 4], [True], [3])),
         "conv fwd": list(P([32, 64, 128], [32, 64], [1, 2, 4], [True], [1])),
-        # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D): one program per tile
-        "scan fwd chained": list(P([64, 128, 256], [16, 32, 64], [1, 2, 4], [True])),
-        "rglru fwd chained": list(P([32, 64, 128], [8, 16, 32], [1, 2, 4], [True])),
         "jax associative": [None],
     }
-    if args.grid == "top":  # the best of the third sweep (results/h100/NOTES.md)
+    if args.grid == "top":  # the best of the last full sweep (docs/h100.md)
         grids = {
             "scan fwd": [(128, 32, 1, True, 3), (64, 32, 1, True, 3), (64, 32, 2, True, 3)],
             "scan fwd packed": [
@@ -325,27 +305,6 @@ def main() -> None:
             "rglru fwd": [(32, 32, 1, True, 3), (32, 16, 2, True, 3), (32, 32, 2, True, 3)],
             "rglru bwd": [(16, 16, 1, True, 3), (16, 32, 2, True, 3), (32, 16, 2, True, 3)],
             "conv fwd": [(64, 32, 2, True, 1), (32, 32, 4, True, 1)],
-            # a spread of tile shapes (session 6: none beat the walking forward)
-            "scan fwd chained": [
-                (64, 32, 1, True),
-                (128, 32, 1, True),
-                (128, 32, 2, True),
-                (256, 32, 2, True),
-                (128, 64, 2, True),
-                (256, 64, 4, True),
-                (128, 16, 1, True),
-                (64, 64, 2, True),
-            ],
-            "rglru fwd chained": [
-                (32, 16, 1, True),
-                (64, 16, 2, True),
-                (64, 32, 2, True),
-                (128, 16, 2, True),
-                (128, 32, 4, True),
-                (32, 32, 2, True),
-                (64, 8, 1, True),
-                (128, 8, 2, True),
-            ],
             "jax associative": [None],
         }
     if args.stages:  # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES) grids only

@@ -1,14 +1,21 @@
-"""The decode step's attention alone, on the GPU: kernels.decode_attention against the SDPA call
+"""Measures the decode step's attention kernel against SDPA at RG-2B and Gemma-2B shapes (GPU).
+
+The decode step's attention alone, on the GPU: kernels.decode_attention against the SDPA call
 the optimized model made before (models.torch.optimized._sdpa_mqa), at the RecurrentGemma-2B
 (10 query heads, a 2049-slot ring buffer) and Gemma-2B (8 heads, 2304 global slots) shapes,
 batch 1 and 16, bf16; and the kernel as the decoder calls it (the step's key and value written
 into the cache and RoPE applied in the kernel: timed only, as it computes another function). Each timed as a CUDA-graph replay (triton.testing.do_bench_cudagraph),
 with its error against float32 math and the cache's bytes over the time.
 
-    python -m bench.probes.decode_attention [--out FILE.json]
+    python tools/decode_attention.py [--out FILE.json]
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, run as a script
 
 import argparse
 import json

@@ -1,10 +1,12 @@
-"""Time the batch-1 Pallas GEMVs of kernels/gemv_jax.py against XLA at the RecurrentGemma-2B decode
-shapes, bf16, for a few block configurations: the JAX twin of bench/probes/gemv.py (same output
+"""Measures the batch-1 Pallas GEMVs of kernels/gemv_jax.py against XLA's dots (GPU).
+
+Time the batch-1 Pallas GEMVs of kernels/gemv_jax.py against XLA at the RecurrentGemma-2B decode
+shapes, bf16, for a few block configurations: the JAX twin of tools/gemv.py (same output
 format: ms, GB/s, fraction of the copy bandwidth). Every variant is checked against the `_ref`
 (float32 inputs, highest matmul precision, on the GPU) before it is timed; one whose relative
 error passes MAX_REL_ERR is reported and not timed.
 
-    python -m bench.probes.gemv_jax --out FILE.json [--reps 100] [--rounds 5] [--cold]
+    python tools/gemv_jax.py --out FILE.json [--reps 100] [--rounds 5] [--cold]
                                     [--shapes NAME ...] [--quick]
 
 Variants per shape: "xla_ref" (the `_ref` jitted: the model's own ops, norm / bias / cap /
@@ -27,6 +29,11 @@ as in the decode step.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, run as a script
 
 import argparse
 import json
@@ -249,7 +256,8 @@ def main(argv=None) -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if "dot-merger" not in flags:  # before JAX starts its backend (see the module docstring)
         os.environ["XLA_FLAGS"] = f"{flags} --xla_disable_hlo_passes=dot-merger".strip()
-    from bench.probes.gemv import copy_gbps  # the harness's copy ceiling, before JAX takes the GPU
+    # tools/gemv.py (beside this file): the harness's copy ceiling, before JAX takes the GPU
+    from gemv import copy_gbps
 
     copy, copy_method = copy_gbps(), "bench.ceilings"
     import jax

@@ -1,10 +1,12 @@
-"""Time the batch-1 GEMVs of kernels/gemv.py against cuBLAS (F.linear / matmul) at the
+"""Measures the batch-1 GEMV kernels against cuBLAS, per shape and in the whole decode step (GPU).
+
+Time the batch-1 GEMVs of kernels/gemv.py against cuBLAS (F.linear / matmul) at the
 RecurrentGemma-2B and Gemma-2B decode shapes, bf16, for a few block configurations, and the
 whole decode step (StaticDecoder, CUDA graph) with and without them, and with them launched
 with programmatic dependent launch (`pdl`). Every variant is checked against the `_ref`
 (float32 on the GPU) before it is timed.
 
-    python -m bench.probes.gemv --out FILE.json [--reps 200] [--no-shapes] [--cold]
+    python tools/gemv.py --out FILE.json [--reps 200] [--no-shapes] [--cold]
                                 [--models M ...]
 
 Timing: CUDA events around `reps` back-to-back calls captured in one CUDA graph (no launch gaps
@@ -15,11 +17,16 @@ pass 100%: compare those shapes with cuBLAS under the same conditions, not with 
 decode step (5 GB of weights per step) has no such effect: there every weight comes from DRAM.
 `--cold` times the shapes that way too: each call takes the next of as many copies of the
 weights as make at least COLD_BYTES, so no call finds its weights in L2 (the regime of the decode
-step, where session 5's profile put the small GEMVs at 69% of copy and the up-projections at 77%
+step, where an H100 profile of the step put the small GEMVs at 69% of copy and the up-projections at 77%
 while this probe, L2-hot, read 86-138%).
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, run as a script
 
 import argparse
 import itertools

@@ -1,7 +1,9 @@
-"""Where a decode step's time goes, on the GPU: the optimized torch step as the suite runs it
+"""Profiles the optimized decode step, torch (CUDA-graph replay) and JAX, kernel by kernel (GPU).
+
+Where a decode step's time goes, on the GPU: the optimized torch step as the suite runs it
 (StaticDecoder, a CUDA-graph replay) and the optimized JAX step (jitted, cache donated).
 
-    python -m bench.probes.profile_decode [--model recurrentgemma-2b] [--batch 1 16] [--out DIR]
+    python tools/profile_decode.py [--model recurrentgemma-2b] [--batch 1 16] [--out DIR]
 
 torch: the kernels of 20 replays under torch.profiler, per step: each kernel's count and GPU
 time, their sum beside the wall time of a step (the difference is the idle time between the
@@ -12,6 +14,11 @@ matmuls. Random weights, bf16, a 2048-token prompt.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, run as a script
 
 import argparse
 import re
@@ -99,7 +106,7 @@ def _jax(name: str, batch: int, prompt: int, out: Path | None, gemv: bool = Fals
     nxt.block_until_ready()
     # as the decode suite's loop runs it: each step's argmax fed to the next, 8 steps a timed
     # run, median of the runs (the same token repeated, without the argmax, overlapped steps
-    # that the suite does not: session 7's misleading "pipelined" number)
+    # that the suite does not, and read misleadingly low)
     runs = []
     for _ in range(STEPS):
         t0 = time.perf_counter()
