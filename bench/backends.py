@@ -181,8 +181,8 @@ def host_peak_rss_bytes() -> int:
 def _jax_argmax_next():
     """The greedy pick as one compiled op: eagerly, the slice, argmax and cast are three
     dispatches from the host per decode step, where a JAX decode loop at batch 1 on the H100
-    looked host-bound (results/h100/NOTES.md, session 5; measured with the rest of c8ec1cf's
-    host-path change in session 6: RG-2B decode at batch 1 3.82 -> 3.45 ms)."""
+    looked host-bound (docs/h100.md; measured with the rest of c8ec1cf's
+    host-path change: RG-2B decode at batch 1 3.82 -> 3.45 ms)."""
     import jax
     import jax.numpy as jnp
 

@@ -176,7 +176,7 @@ def graphed(fn, backend):
     torch on a GPU: `fn` captured once as a CUDA graph and timed as its replay ("cuda_graph"),
     as the regression gate does (bench.regress.capture_round): an eager fwd+bwd call goes
     through autograd's Python and allocations, and below T=8192 on the H100 those host steps,
-    not the kernels, set its time (results/h100/NOTES.md). A call that cannot be captured (a
+    not the kernels, set its time (docs/h100.md). A call that cannot be captured (a
     peer that syncs with the host) is timed eagerly, with the capture's error in the record.
     Elsewhere: `fn` as it is."""
     if getattr(backend, "name", None) != "torch" or not getattr(backend, "on_gpu", False):

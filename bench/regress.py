@@ -156,7 +156,7 @@ def capture_round(fn, calls: int, warmup: int = 3, sync: bool = True):
 
     Why: a torch fwd+bwd call goes through torch.autograd.grad (Python, the autograd engine,
     allocations), and when the host's speed dips the GPU idles between kernels. On the H100 at
-    2e5132b (results/h100/regress/run-*-2e5132b.json) the scan fwd+bwd medians of three
+    2e5132b (docs/h100.md, measurement lessons) the scan fwd+bwd medians of three
     consecutive runs on one machine were 0.45 / 0.55 / 0.37 ms, with interquartile ranges as wide
     as 0.457-0.625 ms within a run, while the forward-only cases repeated within 3.5% (Conv1D's 13%). A replayed
     graph launches the same kernels with no host work between them.

@@ -4,7 +4,7 @@
 - JAX: rounds of back-to-back calls, one `jax.block_until_ready` on the last call's outputs, a
   monotonic clock; a sample is a round's time over its calls. JAX has no device events, and a sync
   after every call would put the host's dispatch and round trip to the device into each sample
-  (0.13-0.34 ms a call on the H100 machine: results/h100/NOTES.md, session 9), which torch's
+  (0.13-0.34 ms a call on the H100 machine: docs/h100.md), which torch's
   events and CUDA-graph replays leave out (the measurement rules: no host sync inside the timed
   region). Calls with a `setup` (run before each call, outside the timed region) are timed one
   at a time;

@@ -13,10 +13,10 @@ logits. In torch ops that was about a dozen float32 passes over the chunk (the u
 div, tanh and multiply, logsumexp's passes, the subtract and exp, 1 - t^2 in three ops, the
 product, the division, the downcast): by count about 54 GB of traffic for a 2048 x 256k chunk.
 In the H100 profile of RecurrentGemma-2B's 699 ms training step at B=8 the loss took 258 ms,
-its matmuls included, logsumexp alone 72 ms (results/h100/probes/session6/profile-train-b8/).
+its matmuls included, logsumexp alone 72 ms (docs/h100.md, training).
 The kernel reads the logits twice (one program per row: an
 online logsumexp, then the gradient) and writes the gradient once over them: 3 bytes moved per
-logit byte instead of ~27. Measured on the H100 (results/h100/NOTES.md, session 6): 1.68 ms a
+logit byte instead of ~27. Measured on the H100 (docs/h100.md): 1.68 ms a
 chunk, and RG-2B's B=8 step went from 53.3% MFU to 563.5 ms, 69.1%.
 """
 

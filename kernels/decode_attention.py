@@ -20,7 +20,7 @@ A decode step's attention reads the whole key/value cache (s slots of h values, 
 query per head. PyTorch's SDPA pads that single query to a 128-row tile of a prefill kernel and
 runs one tile per (row, head): at RecurrentGemma-2B shape on an H100 cuDNN's kernel took 15.6 us a
 layer at batch 1 and 147 us at batch 16, where the cache's bytes take ~1 us and ~11 us to read
-(results/h100/probes/profile-decode-7575a94). Here the n query heads, which share the key/value
+(H100 profile at 7575a94, docs/h100.md). Here the n query heads, which share the key/value
 head, are the rows of one tile (n <= 16 padded to 16), and the slots are split across programs
 (flash-decoding): each program reads its slots' keys and values once, keeps a running softmax
 for all heads, and writes its partial sum; a second kernel combines the splits.
@@ -244,7 +244,7 @@ def _combine_kernel(acc_ptr, ml_ptr, o_ptr, N, H, SPLITS,
 # splits' partials a load. (One program per (row, head), 16 splits a load, left 124 SMs idle at
 # batch 1 while 8 programs walked 66 KB of partials each: 7.4 us a layer in the H100 profile;
 # with these, split + combine at batch 1 went 11.9 -> 6.7 us and Gemma-2B's step 2.318 -> 2.224
-# ms on the H100, results/h100/NOTES.md, session 6.) The tests lower both to cross their bounds.
+# ms on the H100, docs/h100.md.) The tests lower both to cross their bounds.
 COMBINE_CHANNELS = 64
 COMBINE_SPLITS = 128
 

@@ -9,7 +9,7 @@
 At batch 1 a decode step is a chain of GEMVs that read each weight once, and its time is the
 weights' bytes over the memory bandwidth plus one launch per kernel. cuBLAS picks a GEMV with
 64-row tiles for a 2560 x 2560 weight (by its kernel's name: 40 programs on 132 SMs; ~1.6 TB/s,
-about half the copy bandwidth, in an eager H100 profile, results/h100/probes/profile-0d844a0); these kernels give each program a few rows (hundreds of programs), and fold in what
+about half the copy bandwidth, in an eager H100 profile at 0d844a0, docs/h100.md); these kernels give each program a few rows (hundreds of programs), and fold in what
 sits between the GEMVs: the RMSNorm before them (its sum of squares accumulated in the same loop
 over x, its scale applied to x, its rsqrt to the result), the bias, the residual add and the
 logits' soft cap after them, the two or three projections that read the same input (one
@@ -36,10 +36,10 @@ from kernels.fused import _SQRT_2_OVER_PI, _tanh, gelu_mul_ref, rms_norm_ref
 # kernel), then wait for it (griddepcontrol.wait) before reading x, and let the next kernel start
 # once their own weight loop is done. Meant to hide each GEMV's ramp and tail in a chain of them.
 # The first version (whole rows prefetched, the next kernel let in at once) made the H100 decode
-# step slower (RG-2B 2.675 -> 3.148 ms, Gemma-2B 2.314 -> 2.742 ms; results/h100/NOTES.md,
-# session 6), not profiled; the likely cause, a waiting kernel's prefetch of its whole weight (up
+# step slower (RG-2B 2.675 -> 3.148 ms, Gemma-2B 2.314 -> 2.742 ms; docs/h100.md),
+# not profiled; the likely cause, a waiting kernel's prefetch of its whole weight (up
 # to 79 MB) competing with the running one's stream and overrunning L2. This version measured
-# faster (decode step, H100, session 7, with the Conv1D epilogue and the configs below: RG-2B
+# faster (decode step, H100, at 8e2cfe5, with the Conv1D epilogue and the configs below: RG-2B
 # 2.436 -> 2.375 ms, Gemma-2B 2.106 -> 2.086 ms), so models.torch.optimized.StaticDecoder turns
 # it on by default on Hopper. Triton's interpreter has no griddepcontrol: there pdl is ignored.
 
@@ -273,7 +273,7 @@ _TILE = 4096
 def _block_n(n_rows: int, norm: bool) -> int:
     """Rows per program. With the norm fused, every program also reads x whole and sums its
     squares, so fewer, wider programs pay: in the decode step's regime (weights cold in L2,
-    `probes.gemv --cold`, H100, results/h100/probes/session7) 8 rows x 512 took RG-2B's x/y
+    `tools/gemv.py --cold`, H100, docs/h100.md) 8 rows x 512 took RG-2B's x/y
     GEMV from 13.6 to 11.2 us, its qkv from 9.9 to 8.4 and Gemma's from 7.3 to 6.6, the logits
     426 -> 421 us; without the norm (out- and down-projections) 4 x 1024 stays best (8 x 512
     took the out-projection from 7.4 to 13.3 us)."""
@@ -290,7 +290,7 @@ def gemv(
     x [M, K]; weights: one to three [N_i, K]; biases: None or one per weight (each None or
     [N_i]); residual [M, N] (one weight only); norm: (scale [K], eps) for rms_norm_ref's
     x / rms(x) * (1 + scale); cap: the logits' soft cap. config: (BLOCK_N, BLOCK_K, num_warps)
-    instead of the defaults (bench.probes.gemv). pdl: programmatic dependent launch (above).
+    instead of the defaults (tools/gemv.py). pdl: programmatic dependent launch (above).
     conv: (w [W, N], b [N], state [M, W-1, N], reset bool [M]): the last weight's output goes
     through kernels.conv1d's decode step (conv1d_step_ref), its state updated in place: a
     recurrent block's x branch, without a launch of its own."""
@@ -413,7 +413,7 @@ def gemv_gated_up(x, w, b=None, norm=None, *, rows: bool = False, config=None, p
     every row), or with rows=True the halves transposed, [2, N, K] (K contiguous: each program
     takes whole rows, as `gemv`; a copy of the weight, made once by the caller). On the H200 the
     first form streamed RG-2B's up-projection at 66% of copy where the row GEMV of the logits
-    reached 102% (results/h200/probes/gemv-6740076.json)."""
+    reached 102% (docs/h200.md)."""
     _check_up(x, w, b, norm, rows)
     _check_dtype(x, [w])
     x = x.contiguous()
@@ -423,7 +423,7 @@ def gemv_gated_up(x, w, b=None, norm=None, *, rows: bool = False, config=None, p
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     scale = norm[0].contiguous() if norm is not None else x
     if rows:
-        # 4 rows x 1024 of each half: cold (probes.gemv --cold, H100) RG-2B's up-projection
+        # 4 rows x 1024 of each half: cold (tools/gemv.py --cold, H100) RG-2B's up-projection
         # went 33.6 -> 30.4 us against the former 4 x 512, and Gemma's 50.9 -> 45.5 us against
         # 16 x 128
         bn = 4

@@ -13,7 +13,7 @@ embedding for the logits [V, K] likewise, and the MLP's ffw_up.w [2, K, N] (`x @
 contiguous). `gemv_gated_up(rows=True)` takes the halves transposed, [2, N, K] (a copy made once
 by a caller, as the torch decoder does: on the H200 the [2, K, N] form of the torch kernel
 streamed RG-2B's up-projection at 66% of copy where the row GEMV of the logits reached 102%,
-results/h200/probes/gemv-6740076.json).
+docs/h200.md).
 
 x: [M, K] (M small: each row of x is its own pass over the weights, axis 1 of the grid). Math in
 float32 (the norm's sum of squares accumulated in the same loop over K as the products, its
@@ -66,13 +66,13 @@ class Config(NamedTuple):
     num_stages: int = 3
 
 
-# The torch kernels' defaults (kernels/gemv.py, chosen on the H100 / H200 with bench/probes/gemv.py;
+# The torch kernels' defaults (kernels/gemv.py, chosen on the H100 / H200 with tools/gemv.py;
 # the same Triton underneath): a few rows per program, so that a 2560-row weight makes hundreds of
 # programs and every SM streams, and BLOCK_N * BLOCK_K = 4096 elements per loaded tile (16 bf16
 # per thread at 4 warps). Weights of more than WIDE_ROWS rows in all (the logits' 256000) take 16
 # rows a program. The [2, K, N] up-projection takes 16 columns (32-byte pieces of each bf16 row:
 # whole sectors) and BLOCK_K 128 (two tiles of 2048). Not yet measured as Pallas kernels:
-# bench/probes/gemv_jax.py sweeps them.
+# tools/gemv_jax.py sweeps them.
 GEMV_CONFIG = Config(block_n=4, block_k=1024)
 GEMV_WIDE_CONFIG = Config(block_n=16, block_k=256)
 WIDE_ROWS = 8192

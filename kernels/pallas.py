@@ -17,8 +17,8 @@ under jit, so there are no time masks); channels beyond d in the last block are 
 
 Chained forward (linear_scan(..., fwd_chained=True); not the default: on the H100 it was no faster
 than the walking forward, 0.441 ms at best against 0.414-0.504 ms, B=8 T=4096 D=2560 bf16;
-results/h100/NOTES.md, session 6): one program
-per tile of BLOCK_T steps x BLOCK_D channels, as kernels.scan._forward_chained. A program takes its
+docs/h100.md): one program
+per tile of BLOCK_T steps x BLOCK_D channels. A program takes its
 tile from a start-order counter (an atomic add; chunk-major, so the tiles before it in time have
 all started), loads its rows, scans them from zero, publishes the tile's transform h -> A h + H
 behind a flag, walks back over the earlier tiles' flags (composing transforms until one has
@@ -32,7 +32,7 @@ channel a thread. Time tiles of a, x (in) and h (out) stream through a ring of s
 buffers by TMA (`plgpu.emit_pipeline`), and the float32 state is carried in registers from tile
 to tile. It applies on a GPU to 16-bit inputs with d a multiple of the block and t of the time
 tile. Elsewhere, and in the interpreter (which cannot run it), the Triton-lowered forward runs.
-On the H100 at B=8 D=2560 bf16, in the kernels-scan suite (results/h100/NOTES.md, session 9):
+On the H100 at B=8 D=2560 bf16, in the kernels-scan suite (results/h100/kernels-scan.jsonl):
 0.2069 ms at T=4096, 81% of the copy bandwidth measured in the same run (the Triton-lowered
 forward 0.288 ms), and 0.7853 ms at 16384 (1.176 ms).
 
@@ -83,7 +83,7 @@ class Config(NamedTuple):
     num_stages: int = 2
 
 
-# From bench/probes/pallas_scan.py on an H100 (jax 0.11.2), B=8 T=4096 D=2560 bf16: narrow
+# From tools/pallas_scan.py on an H100 (jax 0.11.2), B=8 T=4096 D=2560 bf16: narrow
 # channel blocks (many programs of one warp) won; the forward scan 0.41 ms (jax associative scan
 # 0.93 ms in the same run), scan fwd+bwd 0.97 ms (2.99), RG-LRU fwd+bwd 2.88 ms (XLA gates +
 # associative scan 4.30). Longer unrolled chunks mainly cost compile time.
@@ -113,7 +113,7 @@ class MosaicConfig(NamedTuple):
     prefetch: int = 0
 
 
-# The H100 sweep (session 9, probes/session9/pallas-scan-*.log; B=8 D=2560 bf16): (64, 128, 2, 0)
+# The H100 sweep (tools/pallas_scan.py, docs/h100.md; B=8 D=2560 bf16): (64, 128, 2, 0)
 # was best at T=4096 and 16384 (0.200 / 0.781 ms); an L2 prefetch 1 or 2 tiles ahead, more
 # buffers with shorter tiles, and 256 channels a block were all 7-27% slower at T=4096.
 SCAN_FWD_MOSAIC = True

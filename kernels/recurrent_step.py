@@ -67,7 +67,7 @@ def _gated_step_kernel(xs_ptr, y_ptr, wx_ptr, bx_ptr, wa_ptr, ba_ptr, aparam_ptr
     ch = head * E + jj
     # every load first, none waiting on another's result: in the H100 profile this kernel took
     # 5.5 us for 2.6 MB of gate weights (~1 us of bytes), so its memory round trips, not its
-    # bytes, looked like its time (results/h100/NOTES.md, session 5; this change not measured)
+    # bytes, looked like its time (docs/h100.md; this change not measured)
     xin = tl.load(xs_ptr + row + head * E + ii, mask=imask, other=0.0).to(tl.float32)
     woff = head * E * E + ii[:, None] * E + jj[None, :]
     wmask = imask[:, None] & jmask[None, :]

@@ -26,13 +26,10 @@ import torch.nn.functional as F
 
 from kernels._triton import AVAILABLE, INTERPRET, tl, triton
 from kernels.scan import (
-    _chain_finish,
-    _chain_tile,
     _combine,
     _d_offsets,
     _first_row,
     _last_row,
-    chain_buffers,
     linear_scan_ref,
 )
 
@@ -103,16 +100,12 @@ def rg_lru_ref(
 
 # (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES), as for kernels.scan. With the
 # approximate gates (below) one warp of 32 x 32 tiles came first of 27 at both lengths on the
-# H100 (0.314 ms, 71% of copy, at T=4096; 1.199 ms, 75%, at T=16384; session 7's sweep); the
+# H100 (0.314 ms, 71% of copy, at T=4096; 1.199 ms, 75%, at T=16384; tools/kernel_configs.py at 3ff8b25); the
 # former (32, 16, 2) took 0.371 / 1.913 ms there.
 FWD_CONFIG = (32, 32, 1, True, 3)
 # the forward's unmasked variant where t and d are multiples of its block (a switch for the
 # probes' A/B; the H100 profile showed the forward issue-bound, 71% of issue slots at T=4096)
 EVEN_TILES = True
-# the chained forward (_rglru_forward_chained; not the default: on the H100 it reached 46-47% of
-# its floor against the walking forward's 59% at T=4096; results/h100/NOTES.md, session 6):
-# (BLOCK_T, BLOCK_D, num_warps, CONTIG_D)
-FWD_CHAINED_CONFIG = (64, 16, 2, True)
 BWD_CONFIG = (16, 32, 2, True, 3)
 
 
@@ -131,9 +124,9 @@ def _softplus(z):
 
 # The gates' special functions as the GPU's approximate instructions with denormals flushed
 # (ex2/rcp/sqrt .approx.ftz; PTX documents their error at a few ulp for normal results, and the
-# kernel tests pass on this path on the H100, results/h100/probes/session7). Without .ftz the
+# kernel tests pass on this path on the H100 at 3ff8b25). Without .ftz the
 # compiler wraps each in a denormal range check and rescaling; the H100 profile showed the forward
-# issue-bound (71% of issue slots at T=4096, results/h100/NOTES.md, session 7). The interpreter
+# issue-bound (71% of issue slots at T=4096, docs/h100.md). The interpreter
 # (no inline PTX) takes tl.exp / tl.sigmoid / tl.sqrt.
 if AVAILABLE:  # (without Triton the kernels are stand-ins that raise when launched)
     _FAST_MATH = tl.constexpr(not INTERPRET)
@@ -262,37 +255,6 @@ def _rglru_fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["stride_d"])
-def _rglru_fwd_chained_kernel(
-    # pointers
-    x_ptr, gx_ptr, ga_ptr, aparam_ptr, seg_ptr, h0_ptr, y_ptr, hlast_ptr,
-    flag_ptr, agg_ptr, inc_ptr,
-    # sizes: ROWS = b * channel blocks; the grid is ROWS * N_CHUNKS programs
-    T, D, N_DBLK, ROWS, N_CHUNKS,
-    # strides: x, gx, ga, y share them; segment_pos [b, t]; h0 / h_last [b, d] contiguous
-    stride_b, stride_t, stride_d, seg_b, seg_t,
-    # meta-parameters
-    HAS_SEG: tl.constexpr, HAS_H0: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-    CONTIG_D: tl.constexpr, PUBLISH_INCLUSIVE: tl.constexpr,
-):  # fmt: skip
-    # _rglru_fwd_kernel's math on one tile of BLOCK_T steps x BLOCK_D channels per program,
-    # chained across time as kernels.scan._scan_fwd_chained_kernel (decoupled look-back)
-    chunk, row, pid_b, offs_d = _chain_tile(flag_ptr, ROWS, N_CHUNKS, N_DBLK, BLOCK_D)
-    mask_d = offs_d < D
-    base = pid_b.to(tl.int64) * stride_b + _d_offsets(offs_d, stride_d, CONTIG_D)[None, :]
-    offs_t = chunk * BLOCK_T + tl.arange(0, BLOCK_T)
-    in_t = offs_t < T
-    mask = in_t[:, None] & mask_d[None, :]
-    ptrs = base + offs_t[:, None].to(tl.int64) * stride_t
-    sp = _softplus(tl.load(aparam_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32))
-    a, xn = _tile_gates(x_ptr, gx_ptr, ga_ptr, seg_ptr, ptrs, mask, in_t, offs_t, pid_b, seg_b,
-                        seg_t, sp, HAS_SEG, BLOCK_T)  # fmt: skip
-    a_cum, x_cum = tl.associative_scan((a, xn), axis=0, combine_fn=_combine)
-    _chain_finish(a_cum, x_cum, h0_ptr, y_ptr, hlast_ptr, flag_ptr, agg_ptr, inc_ptr, ptrs, mask,
-                  offs_d, pid_b, D, row, chunk, N_CHUNKS, HAS_H0, BLOCK_T, BLOCK_D,
-                  PUBLISH_INCLUSIVE)  # fmt: skip
-
-
-@triton.jit(do_not_specialize=["stride_d"])
 def _rglru_bwd_kernel(
     # pointers
     x_ptr, gx_ptr, ga_ptr, aparam_ptr, seg_ptr, h0_ptr, y_ptr, dy_ptr, dhlast_ptr,
@@ -400,27 +362,6 @@ def _rglru_forward(x, gx, ga, a_param, segment_pos, h0, config=FWD_CONFIG, summa
     return (h_last, y) if summary else (y, h_last)
 
 
-def _rglru_forward_chained(
-    x, gx, ga, a_param, segment_pos, h0, config=FWD_CHAINED_CONFIG, publish_inclusive=True
-):
-    """y, h_last from one program per (BLOCK_T x BLOCK_D) tile, chained across time by
-    decoupled look-back (`_rglru_fwd_chained_kernel`; measured slower than the walking forward on
-    the H100, so not the default)."""
-    b, t, d = x.shape
-    block_t, block_d, warps, contig = config
-    n_dblk, n_chunks, rows, flags, agg, inc = chain_buffers(b, t, d, block_t, block_d, x.device)
-    h_last = torch.empty(b, d, device=x.device, dtype=torch.float32)
-    y = torch.empty_like(x)
-    seg, seg_b, seg_t = _seg_args(segment_pos, x)
-    _rglru_fwd_chained_kernel[(rows * n_chunks,)](
-        x, gx, ga, a_param, seg, h0 if h0 is not None else h_last, y, h_last, flags, agg, inc,
-        t, d, n_dblk, rows, n_chunks, x.stride(0), x.stride(1), x.stride(2), seg_b, seg_t,
-        HAS_SEG=segment_pos is not None, HAS_H0=h0 is not None, BLOCK_T=block_t,
-        BLOCK_D=block_d, CONTIG_D=contig, PUBLISH_INCLUSIVE=publish_inclusive, num_warps=warps,
-    )  # fmt: skip
-    return y, h_last
-
-
 # Time-parallel forward for few sequences (prefill at batch 1): the kernel's grid is
 # (channel blocks, batch), each program walking all of t, so B=1, D=2560 leaves 160 programs of
 # 2 warps for 132 SMs and the time is one program's walk. Split t into chunks of >= MIN_CHUNK steps
@@ -430,7 +371,7 @@ def _rglru_forward_chained(
 # Only where the plain kernel has fewer than PLAIN_PROGRAMS programs (about four per SM of an
 # H100): at B=8, D=2560 its 640 one-warp programs (FWD_CONFIG) split in two made the inference
 # forward 0.623 ms at T=4096 in the kernels-rglru suite, and 0.309 ms unsplit in the next run
-# (H100, session 7; both graph-timed).
+# (H100, results/h100/kernels-rglru.jsonl at d266889; both graph-timed).
 MIN_CHUNK = 64
 TARGET_PROGRAMS = 2048
 PLAIN_PROGRAMS = 512

@@ -17,7 +17,7 @@ Two forward kernels walk that way:
   reads PACK channels as one 32- or 64-bit word and keeps a thread's words whole, so the scan
   along time stays inside a thread (no shuffles); it loads the next tile into registers before
   scanning this one and asks L2 for the tile after that (`prefetch.global.L2`), which keeps enough
-  bytes in flight at B*d = 20k channels (results/h100/NOTES.md, session 8);
+  bytes in flight at B*d = 20k channels (docs/h100.md);
 - the general forward (`_scan_fwd_kernel`): any dtype and d.
 
 Backward: with δ_t = dL/dh_t (all paths), δ_t = g_t + a_{t+1} δ_{t+1} is the same recurrence run
@@ -31,18 +31,13 @@ import torch
 
 from kernels._triton import INTERPRET, tl, triton
 
-# (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES): see results/h100/NOTES.md (kernels) for how they were chosen.
+# (BLOCK_T, BLOCK_D, num_warps, CONTIG_D, NUM_STAGES): see docs/h100.md (kernels) for how they were chosen.
 FWD_CONFIG = (128, 32, 1, True, 3)
 # the packed forward, by words per channel block: (BLOCK_T, BLOCK_P words, num_warps, L2_TILES);
-# the H100 sweep of session 8 (results/h100/NOTES.md): at B=8, D=2560, bf16, 4 channels a word
+# the H100 sweep at efb15e5 (docs/h100.md): at B=8, D=2560, bf16, 4 channels a word
 # reached 90% of copy at T=4096 and 96% at 16384, 2 a word 87% and 91%; L2_TILES 2 (64 steps
 # ahead) beat 1, 3, 4, 6 and 8 at both lengths
 FWD_PACKED_CONFIG = {4: (32, 32, 1, 2), 2: (32, 32, 1, 2)}
-# the chained forward (_forward_chained; not the default: on the H100 it reached 63% of copy at
-# T=4096 and 67% at 16384, against the walking forward's 74% and 79%; results/h100/NOTES.md,
-# session 6):
-# (BLOCK_T, BLOCK_D, num_warps, CONTIG_D)
-FWD_CHAINED_CONFIG = (128, 32, 1, True)
 BWD_CONFIG = (32, 32, 1, True, 3)
 
 
@@ -227,7 +222,7 @@ def _load_words(ptr, offs, mask, WHOLE: tl.constexpr):
 # the word pointers are not specialised on 16-byte alignment: the compiler then cannot vectorise
 # along channels, so each thread keeps whole words and the scan along time stays inside it (with
 # the alignment known it spreads a tile's rows over the threads and scans across them with
-# shuffles: 3x the instructions, results/h100/NOTES.md, session 8)
+# shuffles: 3x the instructions, docs/h100.md)
 @triton.jit(do_not_specialize=["a_ptr", "x_ptr", "h_ptr", "T"])
 def _scan_fwd_packed_kernel(
     # pointers: a, x, h as [b, t, d / PACK] words of PACK channels (contiguous); h0 / h_last
@@ -304,117 +299,6 @@ def _scan_fwd_packed_kernel(
     if PACK == 4:
         tl.store(hl + 2, h2, mask=mask_p)
         tl.store(hl + 3, h3, mask=mask_p)
-
-
-@triton.jit
-def _chain_tile(flag_ptr, ROWS, N_CHUNKS, N_DBLK, BLOCK_D: tl.constexpr):
-    """A chained kernel's tile, in start order: (chunk, row, batch index, channel offsets).
-
-    Its id comes from a counter (flag_ptr[ROWS * N_CHUNKS], zero at launch), chunk-major: a
-    tile's predecessor in time has always started before it, so waiting on it cannot deadlock."""
-    vid = tl.atomic_add(flag_ptr + ROWS * N_CHUNKS, 1)
-    chunk = vid // ROWS
-    row = vid % ROWS
-    offs_d = (row % N_DBLK) * BLOCK_D + tl.arange(0, BLOCK_D)
-    return chunk, row, row // N_DBLK, offs_d
-
-
-@triton.jit
-def _chain_prefix(flag_ptr, agg_ptr, inc_ptr, row, chunk, N_CHUNKS, a_cum, x_cum, h0,
-                  BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
-    """The state entering this tile (decoupled look-back). Tile 0 starts from h0. Any other
-    publishes its own transform h -> A h + X (flag 1, A and X the last rows of the tile's
-    scan from zero), then walks back: a tile with its inclusive prefix (flag 2) ends the walk,
-    one with only its transform is composed in and the walk goes on."""
-    lanes = tl.arange(0, BLOCK_D)
-    h_in = h0
-    if chunk > 0:
-        me = row * N_CHUNKS + chunk
-        tl.store(agg_ptr + (me * 2) * BLOCK_D + lanes, _last_row(a_cum, BLOCK_T))
-        tl.store(agg_ptr + (me * 2 + 1) * BLOCK_D + lanes, _last_row(x_cum, BLOCK_T))
-        tl.debug_barrier()  # every thread's values written before the flag (release) says so
-        tl.atomic_xchg(flag_ptr + me, 1, sem="release")
-        acc_a = tl.full([BLOCK_D], 1.0, tl.float32)
-        acc_x = tl.zeros([BLOCK_D], dtype=tl.float32)
-        j = chunk - 1
-        while j >= 0:
-            prev = row * N_CHUNKS + j
-            st = tl.atomic_add(flag_ptr + prev, 0, sem="acquire")
-            while st == 0:
-                st = tl.atomic_add(flag_ptr + prev, 0, sem="acquire")
-            tl.debug_barrier()  # the flag seen (acquire) before any thread reads the values
-            if st == 2:
-                inc = tl.load(inc_ptr + prev * BLOCK_D + lanes, cache_modifier=".cg")
-                h_in = acc_a * inc + acc_x
-                j = -1
-            else:
-                pa = tl.load(agg_ptr + (prev * 2) * BLOCK_D + lanes, cache_modifier=".cg")
-                px = tl.load(agg_ptr + (prev * 2 + 1) * BLOCK_D + lanes, cache_modifier=".cg")
-                acc_x = acc_a * px + acc_x
-                acc_a = acc_a * pa
-                j -= 1  # tile 0 always publishes its inclusive prefix: the walk ends there
-    return h_in
-
-
-@triton.jit
-def _chain_publish(flag_ptr, inc_ptr, row, chunk, N_CHUNKS, h_out, BLOCK_D: tl.constexpr,
-                   PUBLISH_INCLUSIVE: tl.constexpr):  # fmt: skip
-    """The state leaving this tile, for the tiles after it (flag 2). Tests turn
-    PUBLISH_INCLUSIVE off (tile 0 still publishes): every look-back then walks to tile 0."""
-    if PUBLISH_INCLUSIVE or chunk == 0:
-        me = row * N_CHUNKS + chunk
-        tl.store(inc_ptr + me * BLOCK_D + tl.arange(0, BLOCK_D), h_out)
-        tl.debug_barrier()
-        tl.atomic_xchg(flag_ptr + me, 2, sem="release")
-
-
-@triton.jit
-def _chain_finish(a_cum, x_cum, h0_ptr, out_ptr, hlast_ptr, flag_ptr, agg_ptr, inc_ptr, ptrs,
-                  mask, offs_d, pid_b, D, row, chunk, N_CHUNKS, HAS_H0: tl.constexpr,
-                  BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-                  PUBLISH_INCLUSIVE: tl.constexpr):  # fmt: skip
-    """A chained kernel's tile after its scan from zero (a_cum, x_cum): the entering state by
-    look-back, the outputs, the published prefix, h_last from the last tile."""
-    mask_d = offs_d < D
-    if HAS_H0:
-        h0 = tl.load(h0_ptr + pid_b * D + offs_d, mask=mask_d, other=0.0)
-    else:
-        h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
-    h_in = _chain_prefix(flag_ptr, agg_ptr, inc_ptr, row, chunk, N_CHUNKS, a_cum, x_cum, h0,
-                         BLOCK_T, BLOCK_D)  # fmt: skip
-    hs = a_cum * h_in[None, :] + x_cum
-    h_out = _last_row(hs, BLOCK_T)
-    _chain_publish(flag_ptr, inc_ptr, row, chunk, N_CHUNKS, h_out, BLOCK_D, PUBLISH_INCLUSIVE)
-    tl.store(out_ptr + ptrs, hs.to(out_ptr.dtype.element_ty), mask=mask)
-    if chunk == N_CHUNKS - 1:
-        tl.store(hlast_ptr + pid_b * D + offs_d, h_out, mask=mask_d)
-
-
-@triton.jit(do_not_specialize=["stride_d"])
-def _scan_fwd_chained_kernel(
-    # pointers
-    a_ptr, x_ptr, h_ptr, h0_ptr, hlast_ptr, flag_ptr, agg_ptr, inc_ptr,
-    # sizes: ROWS = b * channel blocks; the grid is ROWS * N_CHUNKS programs
-    T, D, N_DBLK, ROWS, N_CHUNKS,
-    # strides (a, x and h share them; h0 / h_last are [b, d] contiguous)
-    stride_b, stride_t, stride_d,
-    # meta-parameters
-    HAS_H0: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, CONTIG_D: tl.constexpr,
-    PUBLISH_INCLUSIVE: tl.constexpr,
-):  # fmt: skip
-    # one program per tile of BLOCK_T steps x BLOCK_D channels of one batch row
-    chunk, row, pid_b, offs_d = _chain_tile(flag_ptr, ROWS, N_CHUNKS, N_DBLK, BLOCK_D)
-    mask_d = offs_d < D
-    base = pid_b.to(tl.int64) * stride_b + _d_offsets(offs_d, stride_d, CONTIG_D)[None, :]
-    offs_t = chunk * BLOCK_T + tl.arange(0, BLOCK_T)
-    mask = (offs_t[:, None] < T) & mask_d[None, :]
-    ptrs = base + offs_t[:, None].to(tl.int64) * stride_t
-    a = tl.load(a_ptr + ptrs, mask=mask, other=1.0).to(tl.float32)  # padding: a = 1, x = 0
-    x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
-    a_cum, x_cum = tl.associative_scan((a, x), axis=0, combine_fn=_combine)
-    _chain_finish(a_cum, x_cum, h0_ptr, h_ptr, hlast_ptr, flag_ptr, agg_ptr, inc_ptr, ptrs, mask,
-                  offs_d, pid_b, D, row, chunk, N_CHUNKS, HAS_H0, BLOCK_T, BLOCK_D,
-                  PUBLISH_INCLUSIVE)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["stride_d"])
@@ -520,35 +404,6 @@ def _forward_walking(a, x, h0, config=FWD_CONFIG):
         a, x, h, h0 if h0 is not None else h_last, h_last,
         t, d, *_strides(x),
         HAS_H0=h0 is not None, BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig, NUM_STAGES=stages, num_warps=warps,
-    )  # fmt: skip
-    return h, h_last
-
-
-def chain_buffers(b: int, t: int, d: int, block_t: int, block_d: int, device):
-    """(channel blocks, chunks, rows, flags + counter (zeroed), published transforms,
-    published prefixes) for a chained kernel's launch over [b, t, d]."""
-    n_dblk, n_chunks = triton.cdiv(d, block_d), triton.cdiv(t, block_t)
-    rows = b * n_dblk
-    flags = torch.zeros(rows * n_chunks + 1, device=device, dtype=torch.int32)
-    agg = torch.empty(rows * n_chunks * 2 * block_d, device=device, dtype=torch.float32)
-    inc = torch.empty(rows * n_chunks * block_d, device=device, dtype=torch.float32)
-    return n_dblk, n_chunks, rows, flags, agg, inc
-
-
-def _forward_chained(a, x, h0, config=FWD_CHAINED_CONFIG, publish_inclusive: bool = True):
-    """The forward pass with one program per (BLOCK_T x BLOCK_D) tile, chained across time by
-    decoupled look-back (`_scan_fwd_chained_kernel`): b * t/BLOCK_T * d/BLOCK_D programs instead
-    of b * d/BLOCK_D, each reading its tile once; a few bytes per tile of published prefixes."""
-    b, t, d = x.shape
-    block_t, block_d, warps, contig = config
-    n_dblk, n_chunks, rows, flags, agg, inc = chain_buffers(b, t, d, block_t, block_d, x.device)
-    h = torch.empty_like(x)
-    h_last = torch.empty(b, d, device=x.device, dtype=torch.float32)
-    _scan_fwd_chained_kernel[(rows * n_chunks,)](
-        a, x, h, h0 if h0 is not None else h_last, h_last, flags, agg, inc,
-        t, d, n_dblk, rows, n_chunks, *_strides(x),
-        HAS_H0=h0 is not None, BLOCK_T=block_t, BLOCK_D=block_d, CONTIG_D=contig,
-        PUBLISH_INCLUSIVE=publish_inclusive, num_warps=warps,
     )  # fmt: skip
     return h, h_last
 

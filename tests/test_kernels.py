@@ -209,29 +209,6 @@ def test_rg_lru_forward_whole_tiles(dtype, even, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("inclusive", [True, False], ids=["look-back", "walk-to-tile-0"])
-def test_rg_lru_chained_forward(shape, dtype, inclusive):
-    """The RG-LRU forward chained across time tiles (rglru._rglru_forward_chained), with document
-    resets (in a tile, at a tile's first step, at the last step) and h0, both look-back paths."""
-    from kernels import rglru
-
-    b, t, d = shape
-    x, gx, ga = (leaf(b, t, d, dtype=dtype).detach() for _ in range(3))
-    a_param = leaf(d, dtype=dtype).detach()
-    h0 = torch.randn(b, d, device=DEVICE)
-    pos = resets(b, t)
-    for start in (None, h0):
-        y, h_last = rglru._rglru_forward_chained(
-            x, gx, ga, a_param, pos, start, (16, 32, 1, True), inclusive
-        )
-        y_ref, last_ref = rg_lru_ref(x.double(), gx.double(), ga.double(), a_param.double(),
-                                     pos, _f64(start))  # fmt: skip
-        assert y.dtype == dtype and rel(y, y_ref) <= TOL[dtype]
-        assert rel(h_last, last_ref) <= TOL[torch.float32]
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("with_h0", [False, True])
 def test_rg_lru_time_parallel_forward(dtype, with_h0, monkeypatch):
     """Without gradients and with few sequences, rg_lru splits time into chunks (two passes and
@@ -465,25 +442,6 @@ def test_gemv(k, ns, fused, dtype):
     assert len(ys) == len(ns)
     for y, ref in zip(ys, refs, strict=True):
         assert y.dtype == dtype and y.shape == ref.shape and rel(y, ref) <= TOL[dtype]
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("inclusive", [True, False], ids=["look-back", "walk-to-tile-0"])
-def test_linear_scan_chained_forward(shape, dtype, inclusive):
-    """The forward chained across time tiles by decoupled look-back (scan._forward_chained):
-    with and without h0; tiles publishing their inclusive prefix (a look-back ends at the tile
-    before), or only their transform (every look-back composes its way back to tile 0)."""
-    from kernels import scan
-
-    b, t, d = shape
-    a = leaf(b, t, d, dtype=dtype, positive=True).detach()
-    x = leaf(b, t, d, dtype=dtype).detach()
-    h0 = torch.randn(b, d, device=DEVICE)
-    for start in (None, h0):
-        h, h_last = scan._forward_chained(a, x, start, (16, 32, 1, True), inclusive)
-        ref, ref_last = linear_scan_ref(a.double(), x.double(), _f64(start))
-        assert h.dtype == dtype and rel(h, ref) <= TOL[dtype] and rel(h_last, ref_last) <= 1e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)

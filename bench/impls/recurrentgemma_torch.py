@@ -1,8 +1,8 @@
 """recurrentgemma-torch: the official PyTorch Griffin, weights converted from the source.
 
 Built with gradient_checkpointing=False, its fastest setting: the package default (True) recomputes
-every block in the backward pass and costs time even in no-grad inference (probe:
-bench/probes/official_torch_variants.py). Its decode updates the attention cache in place, so each
+every block in the backward pass and costs time even in no-grad inference (measured:
+docs/h100.md). Its decode updates the attention cache in place, so each
 timed repetition gets a fresh copy (outside the timed region). Its prefill computes logits for every
 prompt position (it has no last-position option).
 """

@@ -86,7 +86,7 @@ def mlp_block(p: dict, x: jax.Array) -> jax.Array:
     Two products on the halves of ffw_up.w [2, d, m], not one einsum "btd,cdm->cbtm": that
     einsum's free dimensions (c, m) sit on either side of the contracted d, so XLA copies the
     whole weight into a [c m, d] layout on every call before its GEMM (seen in the compiled HLO;
-    the torch model had the same copy, results/h100/NOTES.md)."""
+    the torch model had the same copy, docs/h100.md)."""
     w = p["ffw_up"]["w"]
     gate, up = x @ w[0], x @ w[1]
     if "b" in p["ffw_up"]:

@@ -141,7 +141,7 @@ class Model:
     made once per params (optimized.up_rows; 2 GB at RecurrentGemma-2B). None (the default):
     at batch 1 on a GPU, where on the H100, in the decode suite's loop (8 greedy steps a timed
     run), RG-2B's step took 2.854 ms against 3.054 ms with XLA's matmuls, in one process
-    (results/h100/NOTES.md, session 7). True / False: at every batch size / never.
+    (docs/h100.md). True / False: at every batch size / never.
     """
 
     def __init__(

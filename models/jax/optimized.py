@@ -255,7 +255,7 @@ def up_rows(params) -> list:
     """Each block's MLP up-projection ffw_up.w [2, K, N] as [2, N, K] (whole rows per program in
     kernels.gemv_jax.gemv_gated_up(rows=True)), copies made once for a params pytree, as the
     torch StaticDecoder makes its `up_rows`. On the H100 the [2, K, N] form took 64 us a layer
-    at RG-2B against XLA's 35 us for the same dot (results/h100/probes/session7)."""
+    at RG-2B against XLA's 35 us for the same dot (docs/h100.md)."""
     return [jnp.swapaxes(p["mlp_block"]["ffw_up"]["w"], 1, 2) for p in params["blocks"]]
 
 

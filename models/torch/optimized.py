@@ -324,7 +324,7 @@ class StaticDecoder:
     (one program reads a span of cache slots for all query heads; the kernel also applies RoPE
     to q and the new key and writes the new key and value into the cache) instead of RoPE,
     cache writes and SDPA, which pads the step's one query per head to a prefill tile (147 us
-    a layer at RecurrentGemma-2B shape, batch 16, on an H100; results/h100/NOTES.md).
+    a layer at RecurrentGemma-2B shape, batch 16, on an H100; docs/h100.md).
 
     `pdl` (with `gemv`; default: on a GPU of compute capability 9 or more, see kernels.gemv:
     RG-2B's step 2.436 -> 2.375 ms on the H100): the GEMVs launched with programmatic dependent
@@ -375,7 +375,7 @@ class StaticDecoder:
         self.segment_pos = torch.zeros(batch, 1, dtype=torch.long, device=device)
         # segment_pos == 0 per sequence, written by step() before the graph runs: computed in
         # the compiled step, Inductor recomputed it (select + eq, ~1.1 us) before each of our
-        # operators that reads it, two per recurrent layer (H100 profile, session 7)
+        # operators that reads it, two per recurrent layer (H100 profile at 8e2cfe5)
         self.reset = torch.zeros(batch, dtype=torch.bool, device=device)
         self.graph = None
         self.logits = None
