@@ -102,33 +102,33 @@ def _families(d: pd.DataFrame) -> list[str]:
 
 def _impl_menu(fig: go.Figure, trace_impls: list[str]) -> str:
     """One implementation at a time: the traces of the preferred one shown, a menu for the
-    others. Returns the implementation shown first."""
+    others. Returns the note's sentence saying which is shown."""
+    if not trace_impls:
+        return "No implementation has the records this figure needs."
     impls = _order(trace_impls)
     default = next((i for i in PAPER_DEFAULT if i in impls), impls[0])
     for trace, impl in zip(fig.data, trace_impls, strict=True):
         trace.visible = impl == default
-    if len(impls) > 1:
-        buttons = [
+    if len(impls) == 1:
+        return f"Implementation: {default}."
+    buttons = [
+        dict(label=impl, method="update", args=[{"visible": [t == impl for t in trace_impls]}])
+        for impl in impls
+    ]
+    fig.update_layout(
+        updatemenus=[
             dict(
-                label=impl,
-                method="update",
-                args=[{"visible": [t == impl for t in trace_impls]}],
+                buttons=buttons,
+                active=impls.index(default),
+                x=0,
+                xanchor="left",
+                y=1.18,
+                yanchor="bottom",
             )
-            for impl in impls
         ]
-        fig.update_layout(
-            updatemenus=[
-                dict(
-                    buttons=buttons,
-                    active=impls.index(default),
-                    x=0,
-                    xanchor="left",
-                    y=1.18,
-                    yanchor="bottom",
-                )
-            ]
-        )
-    return default
+    )
+    others = ", ".join(i for i in impls if i != default)
+    return f"Shown: {default}; the menu above the figure picks another ({others})."
 
 
 def _paper_figure(
@@ -200,11 +200,11 @@ def train_vs_length(df: pd.DataFrame, colors: dict | None = None) -> Figure:
                 trace_impls.append(impl)
         fig.update_xaxes(title_text="sequence length", **_ticks(ds["seq_len"]), row=1, col=col)
     fig.update_yaxes(title_text="step time / MQA's at the shortest length", row=1, col=1)
-    shown = _impl_menu(fig, trace_impls) if trace_impls else "none"
     note = (
-        f"Fixed tokens per batch: the batch shrinks as the length grows. Shown: {shown} "
-        "(the menu picks another implementation; one measured only at some lengths appears only "
-        "there). " + "; ".join(notes)
+        "Fixed tokens per batch: the batch shrinks as the length grows. "
+        + _impl_menu(fig, trace_impls)
+        + " An implementation measured only at some lengths appears only there. "
+        + "; ".join(notes)
     )
     if fixed_batch:
         note += (
@@ -284,7 +284,8 @@ def decode_latency(df: pd.DataFrame, colors: dict | None = None) -> Figure:
                             x=list(a["steps"]),
                             y=list(decode_ms_analytic(a)),
                             name=f"{name} bytes / copy bandwidth",
-                            mode="lines",
+                            mode="lines+markers",  # a lone point still shows
+                            marker=dict(symbol="circle-open", size=6),
                             legendgroup=name + "model",
                             showlegend=(impl, name + "model") not in legend,
                             line=dict(color=color, dash="dash", width=1.5),
@@ -298,9 +299,8 @@ def decode_latency(df: pd.DataFrame, colors: dict | None = None) -> Figure:
                     legend |= {(impl, name), (impl, name + "model")}
         fig.update_xaxes(title_text="tokens sampled", **_ticks(dp["steps"]), row=1, col=col)
     fig.update_yaxes(title_text="latency (ms)", row=1, col=1)
-    shown = _impl_menu(fig, trace_impls) if trace_impls else "none"
     note = (
-        f"Batch {batch}; median with p20-p80 bars; shown: {shown} (the menu picks another). "
+        f"Batch {batch}; median with p20-p80 bars. {_impl_menu(fig, trace_impls)} "
         "Dashed: the paper's decode model, the weights and the cache read once per step at the "
         "copy bandwidth measured in the same run (work.bytes / copy GB/s). A prefill of 1 stands "
         "for the paper's empty prompt."
@@ -351,9 +351,8 @@ def max_throughput(df: pd.DataFrame, colors: dict | None = None) -> Figure:
                 trace_impls.append(impl)
     fig.update_xaxes(title_text="tokens generated", **_ticks(d["gen_len"]))
     fig.update_yaxes(title_text="tokens / s")
-    shown = _impl_menu(fig, trace_impls) if trace_impls else "none"
     note = (
-        f"Shown: {shown} (the menu picks another). Each point is labelled with the batch the "
+        f"{_impl_menu(fig, trace_impls)} Each point is labelled with the batch the "
         "search found; the hover says what limited it (memory, or the suite's max_batch)."
     )
     if missing:
