@@ -222,6 +222,7 @@ def test_page_has_the_paper_section_three_figures_and_their_verdicts(paper_file,
     assert 'class="verdict-fails">Griffin 1b at seq_len 8192: 1.14×' in text
     assert 'class="verdict-missing">Griffin 1b at 4096 steps after a prefill of 1' in text
     assert "Hawk 1b at gen_len 4096: 2.00× MQA&#x27;s tokens/s" in text
+    assert "measured on the CPU" in text  # the synthetic records say device cpu
     result = render(page)
     assert result["errors"] == []
     figs = {f["id"]: f for f in result["figures"]}
@@ -234,6 +235,7 @@ def test_a_page_without_paper_records_says_the_claims_are_not_measured(tmp_path)
     path.write_text(json.dumps(record("prefill", "mqa-1b", IMPL, {"prompt": 8}, ms=1.0)) + "\n")
     text = build([path], tmp_path / "none.html").read_text()
     assert text.count("not measured: no records") == 3
+    assert "measured on the CPU" not in text  # no paper record at all, on any device
     assert html.escape(paper.CLAIMS[0].sentence) in text
 
 
@@ -266,6 +268,7 @@ def test_one_colour_per_implementation_across_the_page(paper_file, tmp_path):
 
 
 def test_log_axes_label_whole_numbers(paper_file):
+    """No log axis is left to plotly's minor-tick labels (a bare "2" or "5" under 20 or 50)."""
     df, _, _ = data.load([paper_file])
     for make in figures.ALL:
         f = make(df)
@@ -274,3 +277,9 @@ def test_log_axes_label_whole_numbers(paper_file):
         for axis in (*f.fig.select_xaxes(), *f.fig.select_yaxes()):
             if axis.type == "log":
                 assert axis.tickvals is not None or axis.tickformat == "~g", (f.id, axis)
+    assert figures._log_ticks([0.0007, 0.012]) == [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02]
+    fig = figures._layout(
+        figures.go.Figure(figures.go.Scatter(x=[1, 12], y=[0.0007, 0.012])).update_xaxes(type="log")
+    )
+    assert list(fig.layout.xaxis.ticktext) == ["1", "2", "5", "10", "20"]
+    assert fig.layout.yaxis.tickvals is None  # a linear axis keeps its ticks

@@ -6,6 +6,7 @@ records lack a field says how many it had to leave out (marked incomplete).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pandas as pd
@@ -58,12 +59,35 @@ def _line(x, y, name, **kw) -> go.Scatter:
     return go.Scatter(x=list(x), y=list(y), name=name, mode="lines+markers", **kw)
 
 
+def _log_ticks(values) -> list[float]:
+    """1-2-5 ticks spanning `values` (positive), one step beyond each end."""
+    v = [float(x) for x in values if x is not None and x == x and x > 0]
+    if not v:
+        return []
+    lo, hi = math.floor(math.log10(min(v))), math.ceil(math.log10(max(v)))
+    ticks = [m * 10.0**e for e in range(lo, hi + 1) for m in (1, 2, 5)]
+    below = [t for t in ticks if t <= min(v)][-1:]
+    above = [t for t in ticks if t >= max(v)][:1]
+    return list(dict.fromkeys(below + [t for t in ticks if min(v) < t < max(v)] + above))
+
+
 def _layout(fig: go.Figure, height: int = 420) -> go.Figure:
     fig.update_layout(height=height, margin=dict(l=60, r=20, t=60, b=50), template="plotly_white")
-    # A log axis over less than a few decades labels its 2s and 5s as bare digits ("2", "5"):
-    # a number format makes every label a whole number.
-    for axis in (*fig.select_xaxes(), *fig.select_yaxes()):
-        if axis.type == "log" and axis.tickvals is None and axis.tickformat is None:
+    # A log axis over a decade or two labels its 2s and 5s as bare digits ("2", "5"): such an
+    # axis gets 1-2-5 ticks labelled in full; a wider one keeps plotly's ticks, as numbers.
+    values: dict[str, list] = {}
+    for t in fig.data:
+        for axis, data in (("xaxis", t.x), ("yaxis", t.y)):
+            name = axis + (getattr(t, axis[0] + "axis") or axis[0]).removeprefix(axis[0])
+            values.setdefault(name, []).extend(data or ())
+    for name, data in values.items():
+        axis = fig.layout[name]
+        if axis.type != "log" or axis.tickvals is not None:
+            continue
+        ticks = _log_ticks(data)
+        if 0 < len(ticks) <= 9:
+            axis.update(tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
+        else:
             axis.tickformat = "~g"
     return fig
 

@@ -69,6 +69,19 @@ def _esc(x) -> str:
     return html.escape("" if x is None else str(x))
 
 
+def _cpu_caveat(df) -> str:
+    paper_cpu = df["workload"].isin(["train_step", "decode", "throughput"]) & (
+        df["device"] == "cpu"
+    )
+    if not paper_cpu.any():
+        return ""
+    return (
+        " <b>Some of these records were measured on the CPU</b> (tiny presets, Triton kernels in "
+        "their interpreter): their verdicts check the harness, not the paper's claims, which are "
+        "about the paper's sizes on an accelerator."
+    )
+
+
 _VERDICT_CLASS = {"holds": "holds", "does not hold": "fails", "not measured": "missing"}
 
 
@@ -195,7 +208,9 @@ def build(
                 '<h2 id="paper">Paper figures</h2><p>The efficiency figures of the Griffin paper '
                 "(De et al. 2024), drawn as the paper draws them, each with the paper's claim and "
                 "a verdict computed from these records (ok records only; a verdict needs the "
-                "family and MQA at the same size, implementation and point).</p>"
+                "family and MQA at the same size, implementation and point)."
+                + _cpu_caveat(df)
+                + "</p>"
             )
         elif make is figures.ALL[len(figures.PAPER)]:
             parts.append("<h2>Other figures</h2>")
