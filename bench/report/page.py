@@ -19,7 +19,8 @@ from bench.report import data, figures
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px auto; max-width: 1400px; color: #222; }
-h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.3em; margin-top: 2em; }
+h3 { font-size: 1.1em; margin-top: 1.6em; }
 table { border-collapse: collapse; font-size: 0.85em; }
 td, th { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; position: sticky; top: 0; }
@@ -30,6 +31,9 @@ th { background: #f4f4f4; position: sticky; top: 0; }
 .status-ok { color: #17703a; } .status-mismatch, .status-error { color: #b00020; font-weight: bold; }
 .status-oom { color: #a05000; } .status-unavailable { color: #777; }
 #records-filter { margin: 8px 0; }
+.claim { font-style: italic; margin-bottom: 4px; }
+.verdict-holds { color: #17703a; } .verdict-fails { color: #b00020; font-weight: bold; }
+.verdict-missing { color: #777; }
 """
 
 TABLE_JS = """
@@ -63,6 +67,45 @@ renderRecords();
 
 def _esc(x) -> str:
     return html.escape("" if x is None else str(x))
+
+
+def _cpu_caveat(df) -> str:
+    paper_cpu = df["workload"].isin(["train_step", "decode", "throughput"]) & (
+        df["device"] == "cpu"
+    )
+    if not paper_cpu.any():
+        return ""
+    return (
+        " <b>Some of these records were measured on the CPU</b> (tiny presets, Triton kernels in "
+        "their interpreter): their verdicts check the harness, not the paper's claims, which are "
+        "about the paper's sizes on an accelerator."
+    )
+
+
+_VERDICT_CLASS = {"holds": "holds", "does not hold": "fails", "not measured": "missing"}
+
+
+def _verdicts(f: figures.Figure) -> str:
+    """The paper's claim under its figure, and a verdict per implementation, size and family."""
+    if not f.claim:
+        return ""
+    v = f.verdicts
+    if v is None or v.empty:
+        rows = '<tr><td></td><td class="verdict-missing">not measured: no records</td></tr>'
+    else:
+        v = v.assign(order=v["impl"].map(figures._order(v["impl"]).index)).sort_values(
+            "order", kind="stable"
+        )
+        rows = "".join(
+            f"<tr><td>{_esc(r.impl)}</td>"
+            f'<td class="verdict-{_VERDICT_CLASS[r.verdict]}">{_esc(r.text)}</td></tr>'
+            for r in v.itertuples()
+        )
+    return (
+        f'<p class="claim">{_esc(f.claim)}</p>'
+        '<table class="verdicts"><tr><th>implementation</th><th>verdict (from these records)</th>'
+        f"</tr>{rows}</table>"
+    )
 
 
 def _environment(runs: list[dict], paths: list[Path], out: Path) -> str:
@@ -158,14 +201,26 @@ def build(
         )
     parts.append(_environment(runs, paths, out))
 
+    colors = figures.impl_colors(df["impl"].dropna().unique())  # one colour per implementation
     for make in figures.ALL:
+        if make is figures.PAPER[0]:
+            parts.append(
+                '<h2 id="paper">Paper figures</h2><p>The efficiency figures of the Griffin paper '
+                "(De et al. 2024), drawn as the paper draws them, each with the paper's claim and "
+                "a verdict computed from these records (ok records only; a verdict needs the "
+                "family and MQA at the same size, implementation and point)."
+                + _cpu_caveat(df)
+                + "</p>"
+            )
+        elif make is figures.ALL[len(figures.PAPER)]:
+            parts.append("<h2>Other figures</h2>")
         try:
-            f = make(df)
+            f = make(df, colors)
         except Exception as exc:  # a figure must never take the page down
             f = figures.Figure(
                 make.__name__, make.__name__, None, f"This figure failed to build: {exc!r}", True
             )
-        parts.append(f'<section class="figure" id="{f.id}"><h2>{_esc(f.title)}</h2>')
+        parts.append(f'<section class="figure" id="{f.id}"><h3>{_esc(f.title)}</h3>')
         if f.fig is None:
             parts.append(f'<p class="no-data">{_esc(f.note)}</p>')
         else:
@@ -180,9 +235,25 @@ def build(
             )
             flag = '<span class="incomplete">Incomplete. </span>' if f.incomplete else ""
             parts.append(f'<p class="note">{flag}{_esc(f.note)}</p>')
+        parts.append(_verdicts(f))
         parts.append("</section>")
 
-    records = df.drop(columns=["source", "key", "run_id"]).astype(object).where(df.notna(), None)
+    records = (
+        df.drop(
+            columns=[
+                "source",
+                "key",
+                "run_id",
+                "suite",
+                "tokens_per_batch",
+                "max_batch",
+                "limited_by",
+                "work_bytes",
+            ]
+        )
+        .astype(object)
+        .where(df.notna(), None)
+    )
     payload = json.dumps(records.to_dict("records"), default=str).replace("</", "<\\/")
     options = "".join(
         f'<option value="{s}">{s}</option>'
