@@ -81,22 +81,9 @@ class _Timer:
         self, fn: Callable, setup: Callable | None = None, cfg: TimingConfig | None = None
     ) -> Timing:
         cfg = cfg or TimingConfig()
-        if cfg.warmup == 0:
-            return Timing(self._repeat(fn, setup, cfg.min_reps), None, 0)
-        args = setup() if setup else ()
-        self.sync(args)
-        t0 = time.perf_counter()
-        self.sync(fn(*args))
-        first_ms = (time.perf_counter() - t0) * 1e3
-        last_ms = first_ms
-        for _ in range(max(cfg.warmup - 1, 0)):
-            args = setup() if setup else ()
-            self.sync(args)
-            t0 = time.perf_counter()
-            self.sync(fn(*args))
-            last_ms = (time.perf_counter() - t0) * 1e3
-        reps = int(min(max(cfg.budget_s * 1e3 / max(last_ms, 1e-3), cfg.min_reps), cfg.max_reps))
-        calls = self.calls_per_sample(last_ms) if setup is None else 1
+        first_ms, last_ms = self._warm(fn, setup, cfg.warmup)
+        reps = self._reps(cfg, last_ms)
+        calls = self.calls_per_sample(last_ms) if setup is None and cfg.warmup else 1
         if calls > 1:
             samples = self._rounds(fn, max(cfg.min_reps, math.ceil(reps / calls)), calls)
             return Timing(samples, first_ms, cfg.warmup, calls)
@@ -107,31 +94,41 @@ class _Timer:
     ) -> dict[int, Timing]:
         """`fn(*setup(), mark)` calls `mark(m, out)` when it has done `m` units of its work (for
         each m in marks, in order); returns, per mark, the times from the call's start to the
-        mark: `cfg.warmup` untimed calls (the first timed apart), then repetitions as `measure`
-        makes them (exactly `min_reps` with warmup 0)."""
+        mark: warm-up and repetitions as `measure` makes them, one call a sample."""
         cfg = cfg or TimingConfig()
-        marks = sorted(set(marks))
-        first_ms = last_ms = None
-        for i in range(cfg.warmup):
-            args = setup() if setup else ()
-            self.sync(args)
-            t0 = time.perf_counter()
-            self.sync(fn(*args, lambda m, out: None))
-            last_ms = (time.perf_counter() - t0) * 1e3
-            first_ms = last_ms if i == 0 else first_ms
-        reps = cfg.min_reps
-        if last_ms is not None:
-            reps = int(min(max(cfg.budget_s * 1e3 / max(last_ms, 1e-3), reps), cfg.max_reps))
-        samples: dict[int, list[float]] = {m: [] for m in marks}
+        marks = set(marks)
+        first_ms, last_ms = self._warm(lambda *a: fn(*a, lambda m, out: None), setup, cfg.warmup)
+        reps = self._reps(cfg, last_ms)
+        samples: dict[int, list[float]] = {m: [] for m in sorted(marks)}
         for _ in range(reps):
             args = setup() if setup else ()
             self.sync(args)
-            for m, ms in self._marked_rep(fn, args, set(marks)).items():
+            for m, ms in self._marked_rep(fn, args, marks).items():
                 samples[m].append(ms)
         missing = [m for m, s in samples.items() if len(s) != reps]
         if missing:
             raise RuntimeError(f"the timed call never reached mark(s) {missing}")
         return {m: Timing(s, first_ms, cfg.warmup) for m, s in samples.items()}
+
+    def _warm(self, fn, setup, warmup: int) -> tuple[float | None, float | None]:
+        """`warmup` untimed calls, each synced: (the first's time, the last's), None without."""
+        first_ms = last_ms = None
+        for _ in range(warmup):
+            args = setup() if setup else ()
+            self.sync(args)
+            t0 = time.perf_counter()
+            self.sync(fn(*args))
+            last_ms = (time.perf_counter() - t0) * 1e3
+            first_ms = last_ms if first_ms is None else first_ms
+        return first_ms, last_ms
+
+    @staticmethod
+    def _reps(cfg: TimingConfig, last_ms: float | None) -> int:
+        """Repetitions filling the budget (from the last warm-up call's time), at least
+        min_reps, at most max_reps; exactly min_reps without a warm-up."""
+        if last_ms is None:
+            return cfg.min_reps
+        return int(min(max(cfg.budget_s * 1e3 / max(last_ms, 1e-3), cfg.min_reps), cfg.max_reps))
 
     def _marked_rep(self, fn, args, marks: set) -> dict[int, float]:
         seen: dict[int, float] = {}

@@ -10,6 +10,7 @@ tokens), the output its correctness gate compares, and how it is measured:
 from __future__ import annotations
 
 import dataclasses
+import weakref
 import zlib
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -171,7 +172,7 @@ class _Generation:
 
     def __init__(self, handle, cfg, batch, prompt, steps, seed):
         be = handle.backend
-        self.handle, self.steps = handle, steps
+        self.handle, self.batch, self.steps = handle, batch, steps
         tokens, pos = _prefill_inputs(handle, cfg, batch, prompt, seed)
         logits, self.cache0 = handle.prefill(tokens, pos)
         self.first = be.argmax_next(logits)
@@ -206,6 +207,43 @@ def _generation_work(cfg, batch, prompt, steps, dtype) -> dict:
     }
 
 
+@dataclass
+class _Timed:
+    """A generation timed with marks: its times to each mark, and what a reader needs."""
+
+    key: tuple
+    batch: int
+    steps: int
+    timings: dict  # {mark (steps done): Timing}
+    cache_nbytes: int
+    extra: dict = field(default_factory=dict)  # what the timing workload wants to remember
+
+
+class _TimedGenerations:
+    """The last generation each handle timed (one per handle, in this worker process): a later
+    point of the same handle asking for a length at one of its marks, under the same key (batch,
+    prompt, seed, timing), reads its time there instead of generating again. Handles are held
+    weakly: a handle's entry goes with it."""
+
+    def __init__(self):
+        self._last = weakref.WeakKeyDictionary()
+
+    def get(self, handle, key: tuple, steps: int) -> _Timed | None:
+        t = self._last.get(handle)
+        return t if t is not None and t.key == key and steps in t.timings else None
+
+    def time(self, handle, gen: _Generation, key: tuple, tcfg: TimingConfig, **extra) -> _Timed:
+        """Times `gen` (already warm) with a mark at every power of two below its length."""
+        n = gen.steps
+        marks = {1 << i for i in range(n.bit_length()) if 1 << i < n} | {n}
+        timings = handle.backend.timer().measure_marked(
+            lambda cache, mark: gen.run(cache, mark=mark), marks, setup=gen.fresh, cfg=tcfg
+        )
+        t = _Timed(key, gen.batch, n, timings, handle.cache_nbytes(gen.cache0), extra)
+        self._last[handle] = t
+        return t
+
+
 def _check_length(name: str, p: dict, steps_field: str) -> None:
     total = p["prompt"] + p[steps_field]
     if total > MAX_TOKENS:
@@ -218,6 +256,9 @@ class Decode(Workload):
     name = "decode"
     required = ("prompt", "steps")
     defaults: ClassVar[dict] = {"batch": 16}
+
+    def __init__(self):
+        self._timed = _TimedGenerations()
 
     def normalize(self, params: dict) -> dict:
         p = super().normalize(params)
@@ -243,27 +284,20 @@ class Decode(Workload):
         sweep over lengths costs one generation per prompt; `extra.timed_within_steps` says so.
         """
         b, k, n = p["batch"], p["prompt"], p["steps"]
-        # the handle's last timed generation: (key, steps, {mark: Timing}, cache bytes)
         key = (b, k, seed, dataclasses.astuple(tcfg))
-        last = getattr(handle, "_timed_generation", None)
-        if last is None or last[0] != key or n not in last[2]:
+        timed = self._timed.get(handle, key, n)
+        if timed is None:
             gen = _Generation(handle, cfg, b, k, n, seed)
             gen.warm()
-            marks = {1 << i for i in range(n.bit_length()) if 1 << i < n} | {n}
-            timings = handle.backend.timer().measure_marked(
-                lambda cache, mark: gen.run(cache, mark=mark), marks, setup=gen.fresh, cfg=tcfg
-            )
-            last = (key, n, timings, handle.cache_nbytes(gen.cache0))
-            handle._timed_generation = last
+            timed = self._timed.time(handle, gen, key, tcfg)
             del gen
-        _, longest, timings, cache_nbytes = last
-        timing = timings[n]
+        timing = timed.timings[n]
         memory = {
-            "cache_bytes": cache_nbytes,
+            "cache_bytes": timed.cache_nbytes,
             "cache_bytes_analytic": analytic.cache_bytes(cfg, b, k, dtype),
             "cache_length": k,
         }
-        extra = {"per_step_ms": timing.median_ms / n, "timed_within_steps": longest}
+        extra = {"per_step_ms": timing.median_ms / n, "timed_within_steps": timed.steps}
         return Measurement(timing, _generation_work(cfg, b, k, n, dtype), memory, extra)
 
 
@@ -346,6 +380,9 @@ class Throughput(Workload):
     required = ("gen_len",)
     defaults: ClassVar[dict] = {"prompt": 1, "max_batch": 1024}
 
+    def __init__(self):
+        self._timed = _TimedGenerations()
+
     def normalize(self, params: dict) -> dict:
         p = super().normalize(params)
         _check_length(self.name, p, "gen_len")
@@ -357,6 +394,10 @@ class Throughput(Workload):
     def gate_params(self, cfg: ModelConfig, p: dict) -> dict:
         *_, (start, n) = gate_plan(cfg, p["prompt"], p["gen_len"])
         return {"batch": self._gate_batch(p), "prompt": p["prompt"], "gate_steps": start + n}
+
+    def seed_params(self, cfg: ModelConfig, p: dict) -> dict:
+        """Lengths share their inputs, so a shorter one can be read inside a longer one."""
+        return {"prompt": p["prompt"], "max_batch": p["max_batch"]}
 
     def gate(self, handle, cfg, p, seed):
         return teacher_forced(handle, cfg, self._gate_batch(p), p["prompt"], p["gen_len"], seed)
@@ -376,28 +417,47 @@ class Throughput(Workload):
         """Start at the analytic bound; a probe builds the generation at a batch (the decode state
         at full length) and runs PROBE_STEPS steps. Halve until a probe fits, bisect up to the
         last batch that did not (resolution: 1/8 of the batch); then time the whole generation
-        at the batch found, `min_reps` times (the probe warmed it)."""
+        at the batch found, `min_reps` times (the probe warmed it), with a mark at every power of
+        two below its length.
+
+        A shorter length (suites list them longest first) whose point finds the same batch reads
+        its time at that mark (`extra.timed_within_steps`), and one after a longer length held
+        at `max_batch` skips the search (a shorter generation needs less memory:
+        `extra.batch_from_gen_len`)."""
         be = handle.backend
         k, n = p["prompt"], p["gen_len"]
+        key = (k, p["max_batch"], seed, dataclasses.astuple(tcfg))
+        timed = self._timed.get(handle, key, n)
+        if timed is not None and timed.extra["limited_by"] == "max_batch":
+            return self._measurement(
+                cfg,
+                p,
+                dtype,
+                timed,
+                timed.batch,
+                "max_batch",
+                {"batch_bound": p["max_batch"], "probes": [], "batch_from_gen_len": timed.steps},
+            )
         probes: list[dict] = []
-        kept: dict[int, _Generation] = {}
+        gen = None
 
         def fits(batch: int) -> bool:
-            kept.clear()
+            nonlocal gen
+            gen = None
             be.free()
             try:
-                gen = _Generation(handle, cfg, batch, k, n, seed)
-                gen.warm(PROBE_STEPS)
+                candidate = _Generation(handle, cfg, batch, k, n, seed)
+                candidate.warm(PROBE_STEPS)
             except Exception as exc:
                 if not be.is_oom(exc):
                     raise
                 del exc
-                gen = None
+                candidate = None
                 probes.append({"batch": batch, "status": "oom"})
                 be.free()
                 return False
             probes.append({"batch": batch, "status": "ok"})
-            kept[batch] = gen
+            gen = candidate
             return True
 
         bound, limited_by = self.batch_bound(handle, cfg, p, dtype)
@@ -418,22 +478,37 @@ class Throughput(Workload):
                 mid = (lo + hi) // 2
                 lo, hi = (mid, hi) if fits(mid) else (lo, mid)
         best = lo
-        gen = kept.get(best)
-        if gen is None:  # the last probe was a larger batch that did not fit
-            kept.clear()
+        search = {"batch_bound": bound, "probes": probes}
+        if timed is not None and timed.batch == best:
+            gen = None
+            return self._measurement(cfg, p, dtype, timed, best, limited_by, search)
+        if gen is None or gen.batch != best:  # the last probe was a larger batch that did not fit
+            gen = None
             be.free()
             gen = _Generation(handle, cfg, best, k, n, seed)
             gen.warm(PROBE_STEPS)
-        timing = be.timer().measure(
-            gen.run, setup=gen.fresh, cfg=TimingConfig(warmup=0, min_reps=tcfg.min_reps)
+        timed = self._timed.time(
+            handle, gen, key, TimingConfig(warmup=0, min_reps=tcfg.min_reps), limited_by=limited_by
         )
+        gen = None
+        return self._measurement(cfg, p, dtype, timed, best, limited_by, search)
+
+    def _measurement(self, cfg, p, dtype, timed: _Timed, batch, limited_by, search) -> Measurement:
+        k, n = p["prompt"], p["gen_len"]
         memory = {
-            "cache_bytes": handle.cache_nbytes(gen.cache0),
-            "cache_bytes_analytic": analytic.cache_bytes(cfg, best, k, dtype),
+            "cache_bytes": timed.cache_nbytes,
+            "cache_bytes_analytic": analytic.cache_bytes(cfg, batch, k, dtype),
             "cache_length": k,
         }
-        extra = {"batch": best, "limited_by": limited_by, "batch_bound": bound, "probes": probes}
-        return Measurement(timing, _generation_work(cfg, best, k, n, dtype), memory, extra)
+        extra = {
+            "batch": batch,
+            "limited_by": limited_by,
+            **search,
+            "timed_within_steps": timed.steps,
+        }
+        return Measurement(
+            timed.timings[n], _generation_work(cfg, batch, k, n, dtype), memory, extra
+        )
 
 
 from bench.kernel_workloads import KERNEL_WORKLOADS  # noqa: E402  (they subclass Workload)

@@ -158,6 +158,39 @@ def test_throughput_search_finds_the_largest_batch_that_fits(monkeypatch, tmp_pa
         Throughput().measure(handle, preset("hawk-tiny"), p, "float32", 0, TimingConfig())
 
 
+def test_shorter_throughput_lengths_are_read_inside_the_longest(monkeypatch, tmp_path):
+    """Lengths longest first: after a length held at max_batch, a shorter one skips the search
+    and is read at its mark in the longest generation (a gate across the window for 16 steps,
+    none for 8 does not split their inputs); a memory-limited length searches again, and reads
+    the longer generation only where its search finds the same batch."""
+    with_fakes(monkeypatch, "small_memory")
+    monkeypatch.setattr(small_memory, "FREE", None)
+    case = """
+[[case]]
+workload = "throughput"
+models = ["{model}"]
+impls = ["fake-small_memory"]
+gen_len = [16, 8]
+max_batch = {max_batch}
+"""
+    path = write_suite(tmp_path, case.format(model="griffin-tiny", max_batch=3))
+    long, short = run_suite(path, tmp_path / "a.jsonl")
+    assert (long["status"], short["status"]) == ("ok", "ok")
+    assert long["extra"]["timed_within_steps"] == 16 and long["extra"]["probes"]
+    assert short["extra"]["timed_within_steps"] == 16
+    assert short["extra"]["batch_from_gen_len"] == 16 and short["extra"]["probes"] == []
+    assert short["extra"]["batch"] == 3 and short["work"]["tokens"] == 3 * 8
+    assert short["timing"]["median_ms"] < long["timing"]["median_ms"]
+
+    monkeypatch.setattr(small_memory, "FIT", 5)
+    path = write_suite(tmp_path, case.format(model="hawk-tiny", max_batch=8), "b")
+    long, short = run_suite(path, tmp_path / "b.jsonl")
+    assert long["extra"]["limited_by"] == short["extra"]["limited_by"] == "memory"
+    assert short["extra"]["probes"] and "batch_from_gen_len" not in short["extra"]
+    assert short["extra"]["batch"] == long["extra"]["batch"] == 5
+    assert short["extra"]["timed_within_steps"] == 16
+
+
 def test_throughput_bound_comes_from_free_memory(monkeypatch):
     cfg = preset("mqa-tiny")
     per_seq = sequence_bytes(cfg, 1 + 100, "float32")
