@@ -228,9 +228,21 @@ class _TimedGenerations:
     def __init__(self):
         self._last = weakref.WeakKeyDictionary()
 
-    def get(self, handle, key: tuple, steps: int) -> _Timed | None:
+    def last(self, handle, key: tuple) -> _Timed | None:
+        """The handle's last timed generation under this key, whatever its marks."""
         t = self._last.get(handle)
-        return t if t is not None and t.key == key and steps in t.timings else None
+        return t if t is not None and t.key == key else None
+
+    def get(self, handle, key: tuple, steps: int) -> _Timed | None:
+        """The last generation, where its time to `steps` is that of a generation of `steps`:
+        a mark of it, and (for a handle whose decode reads the whole reserved cache) its own
+        length."""
+        t = self.last(handle, key)
+        if t is None or steps not in t.timings:
+            return None
+        if steps != t.steps and getattr(handle, "reads_reserve", False):
+            return None
+        return t
 
     def time(self, handle, gen: _Generation, key: tuple, tcfg: TimingConfig, **extra) -> _Timed:
         """Times `gen` (already warm) with a mark at every power of two below its length."""
@@ -421,23 +433,36 @@ class Throughput(Workload):
         two below its length.
 
         A shorter length (suites list them longest first) whose point finds the same batch reads
-        its time at that mark (`extra.timed_within_steps`), and one after a longer length held
-        at `max_batch` skips the search (a shorter generation needs less memory:
-        `extra.batch_from_gen_len`)."""
+        its time at that mark (`extra.timed_within_steps`) unless the handle's decode reads its
+        whole reserved cache (`reads_reserve`: then it times its own generation), and one after
+        a longer length held at `max_batch` skips the search (a shorter generation needs less
+        memory: `extra.batch_from_gen_len`)."""
         be = handle.backend
         k, n = p["prompt"], p["gen_len"]
         key = (k, p["max_batch"], seed, dataclasses.astuple(tcfg))
-        timed = self._timed.get(handle, key, n)
-        if timed is not None and timed.extra["limited_by"] == "max_batch":
-            return self._measurement(
-                cfg,
-                p,
-                dtype,
-                timed,
-                timed.batch,
-                "max_batch",
-                {"batch_bound": p["max_batch"], "probes": [], "batch_from_gen_len": timed.steps},
-            )
+        timing = TimingConfig(warmup=0, min_reps=tcfg.min_reps)  # the probe warmed it
+
+        def timed_at(batch: int, limited_by: str, gen=None) -> _Timed:
+            """The longer generation's time to n where it serves, else a generation's own."""
+            t = self._timed.get(handle, key, n)
+            if t is not None and t.batch == batch:
+                return t
+            if gen is None or gen.batch != batch:
+                gen = None
+                be.free()
+                gen = _Generation(handle, cfg, batch, k, n, seed)
+                gen.warm(PROBE_STEPS)
+            return self._timed.time(handle, gen, key, timing, limited_by=limited_by)
+
+        longer = self._timed.last(handle, key)
+        if longer is not None and longer.steps >= n and longer.extra["limited_by"] == "max_batch":
+            search = {
+                "batch_bound": p["max_batch"],
+                "probes": [],
+                "batch_from_gen_len": longer.steps,
+            }
+            timed = timed_at(longer.batch, "max_batch")
+            return self._measurement(cfg, p, dtype, timed, "max_batch", search)
         probes: list[dict] = []
         gen = None
 
@@ -477,24 +502,13 @@ class Throughput(Workload):
             while hi - lo > max(1, lo // 8):
                 mid = (lo + hi) // 2
                 lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        best = lo
-        search = {"batch_bound": bound, "probes": probes}
-        if timed is not None and timed.batch == best:
-            gen = None
-            return self._measurement(cfg, p, dtype, timed, best, limited_by, search)
-        if gen is None or gen.batch != best:  # the last probe was a larger batch that did not fit
-            gen = None
-            be.free()
-            gen = _Generation(handle, cfg, best, k, n, seed)
-            gen.warm(PROBE_STEPS)
-        timed = self._timed.time(
-            handle, gen, key, TimingConfig(warmup=0, min_reps=tcfg.min_reps), limited_by=limited_by
-        )
+        timed = timed_at(lo, limited_by, gen)
         gen = None
-        return self._measurement(cfg, p, dtype, timed, best, limited_by, search)
+        search = {"batch_bound": bound, "probes": probes}
+        return self._measurement(cfg, p, dtype, timed, limited_by, search)
 
-    def _measurement(self, cfg, p, dtype, timed: _Timed, batch, limited_by, search) -> Measurement:
-        k, n = p["prompt"], p["gen_len"]
+    def _measurement(self, cfg, p, dtype, timed: _Timed, limited_by, search) -> Measurement:
+        k, n, batch = p["prompt"], p["gen_len"], timed.batch
         memory = {
             "cache_bytes": timed.cache_nbytes,
             "cache_bytes_analytic": analytic.cache_bytes(cfg, batch, k, dtype),

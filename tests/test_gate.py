@@ -190,6 +190,13 @@ max_batch = {max_batch}
     assert short["extra"]["batch"] == long["extra"]["batch"] == 5
     assert short["extra"]["timed_within_steps"] == 16
 
+    # a decode that reads its whole reserved cache: no search again, but its own generation
+    monkeypatch.setattr(small_memory, "FIT", 64)
+    path = write_suite(tmp_path, case.format(model="mqa-tiny", max_batch=4), "c")
+    long, short = run_suite(path, tmp_path / "c.jsonl")
+    assert short["extra"]["batch_from_gen_len"] == 16 and short["extra"]["probes"] == []
+    assert short["extra"]["timed_within_steps"] == 8
+
 
 def test_throughput_bound_comes_from_free_memory(monkeypatch):
     cfg = preset("mqa-tiny")
@@ -226,9 +233,13 @@ def test_generation_bad_input_is_one_clear_line(tmp_path, case, message):
 
 def test_shorter_generations_are_timed_within_the_longest(tmp_path):
     """Steps listed longest first: one timed generation per prompt, the shorter points read at
-    their marks (fewer steps, less time); listed shortest first, each is its own generation."""
-    body = _case("hawk-tiny", ["ours-torch-reference"], [3], [8, 4]) + _case(
-        "mqa-tiny", ["ours-torch-reference"], [3], [2, 6]
+    their marks (fewer steps, less time); listed shortest first, each is its own generation; and
+    a decode that reads its whole reserved cache (the reference's global attention) times each
+    length on its own."""
+    body = (
+        _case("hawk-tiny", ["ours-torch-reference"], [3], [8, 4])
+        + _case("griffin-tiny", ["ours-torch-reference"], [3], [2, 6])
+        + _case("mqa-tiny", ["ours-torch-reference"], [3], [6, 2])
     )
     records = run_suite(write_suite(tmp_path, body), tmp_path / "out.jsonl")
     by = {(r["model"], r["params"]["steps"]): r for r in records}
@@ -236,8 +247,30 @@ def test_shorter_generations_are_timed_within_the_longest(tmp_path):
     assert by[("hawk-tiny", 8)]["extra"]["timed_within_steps"] == 8
     assert by[("hawk-tiny", 4)]["extra"]["timed_within_steps"] == 8
     assert by[("hawk-tiny", 4)]["timing"]["median_ms"] < by[("hawk-tiny", 8)]["timing"]["median_ms"]
-    assert by[("mqa-tiny", 2)]["extra"]["timed_within_steps"] == 2
+    assert by[("griffin-tiny", 2)]["extra"]["timed_within_steps"] == 2
+    assert by[("griffin-tiny", 6)]["extra"]["timed_within_steps"] == 6
     assert by[("mqa-tiny", 6)]["extra"]["timed_within_steps"] == 6
+    assert by[("mqa-tiny", 2)]["extra"]["timed_within_steps"] == 2
+
+
+def test_which_decodes_read_their_whole_reserve():
+    """The handles that say their step reads the reserved global cache: ours on the CPU for a
+    model with global attention; never for local attention only."""
+    from bench.backends import TorchBackend
+    from bench.impls import ours_torch, ours_torch_optimized
+
+    be = TorchBackend("cpu")
+    mqa = source_model("mqa-tiny", "float32", "cpu")
+    griffin = source_model("griffin-tiny", "float32", "cpu")
+    assert ours_torch.Handle(mqa, be).reads_reserve
+    assert not ours_torch.Handle(griffin, be).reads_reserve
+    assert ours_torch_optimized.Handle(mqa, be).reads_reserve  # masked SDPA on the CPU
+
+    class Gpu(TorchBackend):
+        on_gpu = True
+
+    # on a GPU the decoder's attention kernel reads only the filled slots
+    assert not ours_torch_optimized.Handle(mqa, Gpu("cpu")).reads_reserve
 
 
 def test_marked_timer_times_every_prefix():

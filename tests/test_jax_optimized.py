@@ -253,12 +253,16 @@ def test_bad_impl_is_a_clear_error():
 
 def test_attention_implementation_choice(monkeypatch):
     monkeypatch.delenv(optimized.ATTENTION_ENV, raising=False)
-    assert optimized.attention_implementation(jnp.bfloat16) == "xla"
+    assert optimized.attention_implementation(jnp.bfloat16) == "xla"  # auto, on the CPU
+    assert optimized.attention_implementation(jnp.bfloat16, platform="gpu") == "cudnn"
+    assert optimized.attention_implementation(jnp.float32, platform="gpu") == "xla"
+    monkeypatch.setenv(optimized.ATTENTION_ENV, "xla")
+    assert optimized.attention_implementation(jnp.bfloat16, platform="gpu") == "xla"
     monkeypatch.setenv(optimized.ATTENTION_ENV, "cudnn")
     assert optimized.attention_implementation(jnp.bfloat16) == "cudnn"
     assert optimized.attention_implementation(jnp.float32) == "xla"  # cuDNN has no float32
     monkeypatch.setenv(optimized.ATTENTION_ENV, "flash")
-    with pytest.raises(ValueError, match="valid values: xla, cudnn"):
+    with pytest.raises(ValueError, match="valid values: auto, xla, cudnn"):
         optimized.attention_implementation(jnp.bfloat16)
 
 

@@ -11,6 +11,10 @@ handle.train_step()                  -> (step(tokens, pos, targets) -> loss, res
                                         forward + cross-entropy + backward + AdamW; restore()
                                         puts back the weights the handle was built with
 handle.cache_nbytes(cache)           -> bytes held by a cache
+handle.reads_reserve                 (optional, default False) True when a decode step reads
+                                        the whole reserved cache, not only its filled part: its
+                                        cost then depends on the room `fresh` reserved, and a
+                                        long generation's first steps do not time a short one
 """
 
 from __future__ import annotations
@@ -19,6 +23,13 @@ import dataclasses
 from functools import partial
 
 LEARNING_RATE = 1e-5
+
+
+def global_attention(cfg) -> bool:
+    """Whether a model has a global-attention block (a cache that grows with the generation)."""
+    from models.config import ATTENTION
+
+    return cfg.attention_window is None and ATTENTION in cfg.block_types
 
 
 def tree_nbytes(obj) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.impls.base import jax_train_step
+from bench.impls.base import global_attention, jax_train_step
 
 
 def supports(cfg) -> str | None:
@@ -20,6 +20,8 @@ def reserve(cfg, cache, steps):
 class Handle:
     def __init__(self, jm, params, backend):
         self.jm, self.params, self.backend = jm, params, backend
+        # a decode step attends over the whole reserved global buffer, masked (static shapes)
+        self.reads_reserve = global_attention(jm.config)
 
     def prefill(self, tokens, pos):
         return self.jm.prefill(self.params, tokens, pos, logits="last")

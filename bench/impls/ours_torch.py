@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.impls.base import torch_train_step
+from bench.impls.base import global_attention, torch_train_step
 
 
 def supports(cfg) -> str | None:
@@ -15,6 +15,8 @@ class Handle:
     def __init__(self, model, backend):
         self.model = model.eval()
         self.backend = backend
+        # a decode step attends over the whole (grown) global buffer, masked
+        self.reads_reserve = global_attention(model.config)
 
     @torch.no_grad()
     def prefill(self, tokens, pos):

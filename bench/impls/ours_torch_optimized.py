@@ -22,6 +22,9 @@ class Handle(ours_torch.Handle):
         from models.torch.optimized import GraphedPrefill
 
         super().__init__(model, backend)
+        # the decoder's attention kernel (on a GPU) reads the filled slots of a global cache
+        # only; the masked SDPA elsewhere reads them all
+        self.reads_reserve = self.reads_reserve and not backend.on_gpu
         self._decoder = None  # one at a time: a throughput search would otherwise keep them all
         self._prefill = GraphedPrefill(self.model, logits="last")
 
