@@ -72,10 +72,16 @@ def _run_suite(args, s, device) -> int:
     from bench import runner
 
     out = Path(args.out) / f"{s.name}.jsonl"
+    rerun = "all" if args.force else "failed" if args.retry else None
     if args.dry_run:
-        for p in s.points:
+        todo = runner.todo_points(s, out, rerun)
+        for p in todo:
             print(p.label())
-        print(f"{len(s.points)} points -> {out}")
+        done = len(s.points) - len(todo)
+        print(
+            f"{len(todo)} points would run -> {out}"
+            + (f" ({done} already recorded)" if done else "")
+        )
         return 0
     runner.run(
         s,
@@ -84,6 +90,7 @@ def _run_suite(args, s, device) -> int:
         isolate=not args.no_isolate,
         progress=not args.quiet,
         point_timeout=args.point_timeout,
+        rerun=rerun,
     )
     from bench.show import show
 
@@ -98,9 +105,20 @@ def _run_suite(args, s, device) -> int:
             f"{out})"
         )
         return 0
-    report = build([out], Path(args.report) if args.report else DEFAULT_REPORTS / f"{s.name}.html")
+    report = build([out], Path(args.report) if args.report else report_path(out))
     print(f"records: {out}\nreport:  {report}")
     return 0
+
+
+def report_path(records: Path) -> Path:
+    """Where `run` writes its report: reports/local/SUITE.html for the default records folder,
+    reports/DEVICE-SUITE.html for results/DEVICE/SUITE.jsonl (the committed layout), else beside
+    the records (OUT/SUITE.html)."""
+    if records.parent == DEFAULT_OUT:
+        return DEFAULT_REPORTS / f"{records.stem}.html"
+    if records.parent.parent == RESULTS:
+        return REPORTS / f"{records.parent.name}-{records.stem}.html"
+    return records.with_suffix(".html")
 
 
 def _report(args) -> int:
@@ -143,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=str(DEFAULT_OUT), help=f"records folder (default {DEFAULT_OUT})"
     )
     p_run.add_argument(
-        "--report", help=f"HTML report to write (default {DEFAULT_REPORTS}/SUITE.html)"
+        "--report",
+        help=f"HTML report to write (default: {DEFAULT_REPORTS}/SUITE.html for the default --out, "
+        f"{REPORTS}/DEVICE-SUITE.html for --out {RESULTS}/DEVICE, else OUT/SUITE.html)",
     )
     p_run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     p_run.add_argument("--impl", action="append", help="only this implementation (repeatable)")
@@ -157,7 +177,17 @@ def main(argv: list[str] | None = None) -> int:
         help="kill a worker that reports no result for S seconds (default 900); its point is "
         "recorded as an error",
     )
-    p_run.add_argument("--dry-run", action="store_true", help="list the points and stop")
+    p_run.add_argument(
+        "--retry",
+        action="store_true",
+        help="measure again the points whose newest record is not ok",
+    )
+    p_run.add_argument(
+        "--force",
+        action="store_true",
+        help="measure again every point of the suite (with --impl/--model: those chosen)",
+    )
+    p_run.add_argument("--dry-run", action="store_true", help="list the points that would run")
     p_run.add_argument("--quiet", action="store_true", help="no progress lines")
 
     p_show = sub.add_parser("show", help="summarise records files")
@@ -199,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
 
             for k, v in ceilings.measure(args.device or runner.default_device()).items():
                 print(f"{k}: {v}")
+    except KeyboardInterrupt as exc:  # Ctrl-C: what was recorded stays (runner.Interrupted says)
+        print(str(exc) or "interrupted", file=sys.stderr)
+        return 130
     except ValueError as exc:  # bad suite, unknown names: a clear message, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -103,10 +103,21 @@ def note(rec: dict) -> str:
     return ("warning: " + "; ".join(warned)) if warned else ""
 
 
-def recorded_keys(path: str | Path) -> set[str]:
-    """Keys of the points a file already holds (any status): a rerun skips them."""
+def recorded_keys(path: str | Path, run_id: str | None = None) -> set[str]:
+    """Keys of the points a file already holds (any status; only the run's, given `run_id`)."""
     records, _ = read_records(path)
-    return {r["key"] for r in records if r.get("workload") != "ceiling"}
+    return {
+        r["key"]
+        for r in records
+        if r.get("workload") != "ceiling" and (run_id is None or r["run_id"] == run_id)
+    }
+
+
+def latest_status(path: str | Path) -> dict[str, str]:
+    """{key: status of its newest record}: the newest record of a point wins everywhere (the
+    report, `show`, a rerun); older ones stay in the file as its history."""
+    records, _ = read_records(path)
+    return {r["key"]: r["status"] for r in records if r.get("workload") != "ceiling"}
 
 
 def load(paths: str | Path | Iterable[str | Path], *, warn: bool = True):

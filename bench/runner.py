@@ -4,13 +4,19 @@ Order of work: the ceilings (copy bandwidth, matmul rate) first; then, per (mode
 reference outputs of the correctness gate, then each implementation's points (training last, since
 it updates weights). Each job runs in a fresh worker process unless isolation is off; a worker that
 dies (crash, CUDA fault, kill) costs only the point it was on, recorded as `error`, and a new
-worker takes the rest. Points already in the records file are skipped, so a rerun resumes.
+worker takes the rest. Points already in the records file are skipped, so a rerun resumes;
+`rerun="failed"` measures again the points whose newest record is not `ok`, `rerun="all"` every
+point of the (filtered) suite. A new record is appended: the newest record of a key wins for
+every reader, the older ones stay in the file. One run at a time holds a records file (a lock
+beside it, `OUT.lock`, removed at the end).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
+import fcntl
 import json
 import os
 import secrets
@@ -24,7 +30,7 @@ import time
 from pathlib import Path
 
 from bench import catalog
-from bench.results import RecordWriter, recorded_keys
+from bench.results import RecordWriter, latest_status, recorded_keys
 from bench.suite import Point, Suite
 from bench.worker import MARK, base_record, run_job
 
@@ -32,6 +38,52 @@ _ORDER = {"prefill": 0, "decode": 1, "throughput": 2, "train_step": 3}
 # a worker that reports nothing for this long is killed (its point recorded as an error)
 POINT_TIMEOUT_S = 900.0
 TIMED_OUT = -(10**6)  # _execute's code for a worker killed by the timeout (no signal has it)
+RERUN = ("failed", "all")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: what was recorded stays recorded; the message says how much."""
+
+    def __init__(self, out: Path, recorded: int):
+        super().__init__(
+            f"interrupted: {recorded} point(s) recorded in {out} by this run; rerun the same "
+            "command to resume"
+        )
+        self.recorded = recorded
+
+
+class _Lock:
+    """An exclusive lock on a records file for the run (OUT.lock, holding the holder's pid and
+    start time); a second run on the same file stops with one line naming the holder."""
+
+    def __init__(self, out: Path):
+        self.path = out.with_name(out.name + ".lock")
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(self.path, "a+")
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            self.f.seek(0)
+            holder = self.f.read().strip() or "another process"
+            self.f.close()
+            raise ValueError(
+                f"{self.path.with_suffix('')} is being written by another run ({holder}); wait "
+                "for it to finish or pass another --out"
+            ) from None
+        self.f.seek(0)
+        self.f.truncate()
+        now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        self.f.write(f"pid {os.getpid()} since {now}")
+        self.f.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+        self.f.close()
 
 
 def default_device() -> str:
@@ -98,70 +150,105 @@ def run(
     isolate: bool = True,
     progress: bool = True,
     point_timeout: float = POINT_TIMEOUT_S,
+    rerun: str | None = None,
 ) -> dict:
-    """Run the suite's points not yet in `out` (a JSONL file). Returns a small summary.
+    """Run the suite's points not yet in `out` (a JSONL file; `rerun`: see the module doc).
+    Returns a small summary; raises Interrupted on Ctrl-C.
 
     An isolated worker that reports nothing for `point_timeout` seconds (a build or a kernel
     that hangs) is killed; its current point is recorded as an error and the sweep goes on."""
+    if rerun is not None and rerun not in RERUN:
+        raise ValueError(f"rerun={rerun!r}; valid values: None, {', '.join(map(repr, RERUN))}")
+    if not point_timeout > 0:
+        raise ValueError(
+            f"--point-timeout must be a positive number of seconds, got {point_timeout:g}"
+        )
     device = device or default_device()
     out = Path(out)
+    with _Lock(out):
+        return _run(suite, out, device, isolate, progress, point_timeout, rerun)
+
+
+def todo_points(suite: Suite, out: Path, rerun: str | None = None) -> list[Point]:
+    """The points a run measures: those not yet recorded; with rerun="failed" also those whose
+    newest record is not `ok`; with rerun="all" every point."""
+    status = latest_status(out)
+    if rerun == "all":
+        return list(suite.points)
+    if rerun == "failed":
+        return [p for p in suite.points if status.get(p.key) != "ok"]
+    return [p for p in suite.points if p.key not in status]
+
+
+def _run(suite, out, device, isolate, progress, point_timeout, rerun) -> dict:
     RecordWriter(out)  # creates the folder, repairs a torn last line
-    done = recorded_keys(out)
-    todo = [p for p in suite.points if p.key not in done]
+    todo = todo_points(suite, out, rerun)
     prog = Progress(len(todo), progress)
     run_id = (
         f"{suite.name}-{datetime.datetime.now(datetime.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
     )
     summary = {"run_id": run_id, "skipped": len(suite.points) - len(todo), "points": len(todo)}
     if not todo:
-        prog.note(f"{suite.name}: all {len(suite.points)} points already recorded in {out}")
+        prog.note(
+            f"{suite.name}: all {len(suite.points)} points already recorded in {out} "
+            "(--retry measures again those not ok, --force all)"
+        )
         return summary
+    again = len(todo) - sum(1 for p in todo if p.key not in latest_status(out))
     prog.note(
         f"{suite.name}: {len(todo)} points on {device} -> {out}"
         + (f" ({summary['skipped']} already recorded)" if summary["skipped"] else "")
+        + (f" ({again} of them measured again)" if again else "")
     )
     base = {"device": device, "out": str(out), "run_id": run_id, "suite": suite.name}
     base["timing"] = dataclasses.asdict(suite.timing)
     gate_dir = tempfile.mkdtemp(prefix="griffin-bench-gate-")
     labels = {p.key: p.label() for p in todo}
     try:
-        ceilings = {}
-
-        def on_ceilings(values):
-            ceilings.update(values)
-
-        _execute({**base, "kind": "ceilings"}, isolate, prog, labels, point_timeout, on_ceilings)
-        base["ceilings"] = ceilings or None
-        for _, _, points in _groups(todo):
-            gates = list({p.gate_key: p for p in points}.values())
-            _execute(
-                {
-                    **base,
-                    "kind": "reference",
-                    "gate_dir": gate_dir,
-                    "points": [_point_dict(p) for p in gates],
-                },
-                isolate,
-                prog,
-                labels,
-                point_timeout,
-            )
-            for impl in catalog.IMPLEMENTATIONS:  # a name may be a model and a kernel entry
-                mine = sorted(
-                    (p for p in points if p.impl == impl.name and kind_of(p) == impl.kind),
-                    key=lambda p: _ORDER.get(p.workload, 0),
-                )
-                if mine:
-                    job = {
-                        **base,
-                        "kind": "measure",
-                        "gate_dir": gate_dir,
-                        "impl": dataclasses.asdict(impl),
-                    }
-                    _run_group(job, mine, isolate, prog, labels, out, point_timeout)
+        _sweep(base, todo, isolate, prog, labels, out, point_timeout, gate_dir)
+    except KeyboardInterrupt:
+        raise Interrupted(out, len(recorded_keys(out, run_id))) from None
     finally:
         shutil.rmtree(gate_dir, ignore_errors=True)
     return summary
+
+
+def _sweep(base, todo, isolate, prog, labels, out, point_timeout, gate_dir) -> None:
+    """The ceilings; then per (model, dtype) the gate's references, each implementation's points."""
+    ceilings = {}
+
+    def on_ceilings(values):
+        ceilings.update(values)
+
+    _execute({**base, "kind": "ceilings"}, isolate, prog, labels, point_timeout, on_ceilings)
+    base["ceilings"] = ceilings or None
+    for _, _, points in _groups(todo):
+        gates = list({p.gate_key: p for p in points}.values())
+        _execute(
+            {
+                **base,
+                "kind": "reference",
+                "gate_dir": gate_dir,
+                "points": [_point_dict(p) for p in gates],
+            },
+            isolate,
+            prog,
+            labels,
+            point_timeout,
+        )
+        for impl in catalog.IMPLEMENTATIONS:  # a name may be a model and a kernel entry
+            mine = sorted(
+                (p for p in points if p.impl == impl.name and kind_of(p) == impl.kind),
+                key=lambda p: _ORDER.get(p.workload, 0),
+            )
+            if mine:
+                job = {
+                    **base,
+                    "kind": "measure",
+                    "gate_dir": gate_dir,
+                    "impl": dataclasses.asdict(impl),
+                }
+                _run_group(job, mine, isolate, prog, labels, out, point_timeout)
 
 
 def _run_group(job, points, isolate, prog, labels, out: Path, point_timeout: float) -> None:
@@ -175,7 +262,7 @@ def _run_group(job, points, isolate, prog, labels, out: Path, point_timeout: flo
             labels,
             point_timeout,
         )
-        have = recorded_keys(out)
+        have = recorded_keys(out, job["run_id"])
         left = [p for p in remaining if p.key not in have]
         if code == 0 or not left:
             return
@@ -246,9 +333,14 @@ def _execute(
             time.sleep(min(1.0, point_timeout / 10))
 
     threading.Thread(target=watchdog, daemon=True).start()
-    for line in proc.stdout:
-        if line.startswith(MARK):
-            last[0] = time.monotonic()
-            emit(*line.rstrip("\n").split("\t")[1:])
+    try:
+        for line in proc.stdout:
+            if line.startswith(MARK):
+                last[0] = time.monotonic()
+                emit(*line.rstrip("\n").split("\t")[1:])
+    except KeyboardInterrupt:  # the worker got the same SIGINT: make sure it is gone
+        proc.kill()
+        proc.wait()
+        raise
     code = proc.wait()
     return TIMED_OUT if timed_out.is_set() else code

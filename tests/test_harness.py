@@ -372,6 +372,89 @@ def test_rerun_of_a_complete_suite_measures_nothing(tmp_path):
     assert runner.run(s, out, "cpu", isolate=False, progress=False)["points"] == 0
 
 
+def test_retry_and_force_measure_again_and_the_newest_record_wins(tmp_path):
+    body = (
+        '[[case]]\nworkload = "prefill"\nmodels = ["hawk-tiny", "mqa-tiny"]\n'
+        'impls = ["ours-torch-reference"]\nprompt = 8\n'
+    )
+    path, out = write_suite(tmp_path, body), tmp_path / "out.jsonl"
+    first = run_suite(path, out)
+    assert [r["status"] for r in first] == ["ok", "ok"]
+    failed = {**first[0], "run_id": "older", "status": "error", "error": "planted", "timing": None}
+    RecordWriter(out).append(failed)  # the newest record of that point is now an error
+    assert results.latest_status(out)[failed["key"]] == "error"
+    s = suite.load(str(path), "cpu")
+    assert runner.todo_points(s, out) == []
+    assert [p.key for p in runner.todo_points(s, out, "failed")] == [failed["key"]]
+    assert runner.run(s, out, "cpu", isolate=False, progress=False, rerun="failed")["points"] == 1
+    assert set(results.latest_status(out).values()) == {"ok"}
+    assert runner.run(s, out, "cpu", isolate=False, progress=False, rerun="all")["points"] == 2
+    records = [r for r in read_records(out)[0] if r["workload"] != "ceiling"]
+    assert len(records) == 2 + 1 + 1 + 2  # the history stays in the file
+    # the report and show read the newest record of each key
+    from bench.report import data
+
+    df, _, _ = data.load([out])
+    assert len(df) == 2 and set(df["status"]) == {"ok"}
+    with pytest.raises(ValueError, match="valid values"):
+        runner.run(s, out, "cpu", isolate=False, progress=False, rerun="some")
+
+
+def test_a_second_run_on_one_records_file_stops_with_one_line(tmp_path):
+    body = '[[case]]\nworkload = "prefill"\nmodels = ["hawk-tiny"]\nimpls = ["ours-torch-reference"]\nprompt = 8\n'
+    path, out = write_suite(tmp_path, body), tmp_path / "out.jsonl"
+    s = suite.load(str(path), "cpu")
+    with runner._Lock(out):
+        with pytest.raises(ValueError, match=r"being written by another run \(pid \d+ since"):
+            runner.run(s, out, "cpu", isolate=False, progress=False)
+        assert not out.exists()  # nothing was measured or written
+    assert not (tmp_path / "out.jsonl.lock").exists()
+    assert runner.run(s, out, "cpu", isolate=False, progress=False)["points"] == 1
+
+
+def test_ctrl_c_keeps_what_was_recorded_and_says_how_to_resume(tmp_path):
+    body = """
+[[case]]
+workload = "decode"
+models = ["hawk-tiny"]
+impls = ["ours-torch-reference"]
+batch = 1
+prompt = 4
+steps = [1, 2, 3, 4, 5, 6, 7, 8]
+"""
+    path, out_dir = write_suite(tmp_path, body), tmp_path / "out"
+    records_file = out_dir / "t.jsonl"
+    cmd = [sys.executable, "-m", "bench", "run", str(path), "--out", str(out_dir)]
+    cmd += ["--device", "cpu", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if records_file.exists() and len(recorded_keys(records_file)) >= 1:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    n = len(recorded_keys(records_file))
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: {n} point(s) recorded in {records_file} by this run; rerun the same "
+        "command to resume"
+    )
+    assert not (out_dir / "t.jsonl.lock").exists()
+
+
+def test_the_report_follows_out():
+    from bench.__main__ import report_path
+
+    assert report_path(Path("results/local/smoke.jsonl")) == Path("reports/local/smoke.html")
+    assert report_path(Path("results/h200/decode.jsonl")) == Path("reports/h200-decode.html")
+    assert report_path(Path("/tmp/x/smoke.jsonl")) == Path("/tmp/x/smoke.html")
+
+
 def test_records_load_tolerates_damage(tmp_path):
     path = tmp_path / "r.jsonl"
     good = {"schema": SCHEMA_VERSION, "run_id": "r", "key": "k", "workload": "prefill"}
@@ -448,6 +531,30 @@ def test_cli_errors_name_the_valid_values(capsys):
     assert "valid implementations: ours-torch-reference" in capsys.readouterr().err
     assert cli(["run", "smoke", "--model", "griffin-2b", "--dry-run"]) == 2
     assert "valid models:" in capsys.readouterr().err
+
+
+def test_cli_bad_point_timeout_is_one_line_before_anything_runs(tmp_path, capsys):
+    body = '[[case]]\nworkload = "prefill"\nmodels = ["hawk-tiny"]\nprompt = 8\n'
+    path = write_suite(tmp_path, body)
+    args = ["run", str(path), "--device", "cpu", "--out", str(tmp_path / "o")]
+    assert cli([*args, "--point-timeout", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: --point-timeout must be a positive number of seconds, got -1"
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_dry_run_lists_only_what_would_run(tmp_path, capsys):
+    body = '[[case]]\nworkload = "prefill"\nmodels = ["hawk-tiny", "mqa-tiny"]\n'
+    body += 'impls = ["ours-torch-reference"]\nprompt = 8\n'
+    path = write_suite(tmp_path, body)
+    run_suite(path, tmp_path / "o" / "t.jsonl", models=["hawk-tiny"])
+    args = ["run", str(path), "--device", "cpu", "--out", str(tmp_path / "o"), "--dry-run"]
+    assert cli(args) == 0
+    out = capsys.readouterr().out
+    assert "mqa-tiny" in out and "hawk-tiny" not in out
+    assert "1 points would run" in out and "(1 already recorded)" in out
+    assert cli([*args, "--force"]) == 0
+    assert "2 points would run" in capsys.readouterr().out
 
 
 def test_cli_list_and_dry_run(capsys):
