@@ -17,6 +17,15 @@ DEFAULT_REPORTS = Path("reports/local")
 RESULTS, REPORTS = Path("results"), Path("reports")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("griffin-bench")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "(not installed)"
+
+
 def _list(what: str) -> None:
     from bench import catalog
     from bench.workloads import WORKLOADS
@@ -60,7 +69,14 @@ def _run(args) -> int:
     members = catalog.suite_group(name)
     if len(members) > 1 and args.report:
         raise ValueError(f"--report names one file; {name!r} runs {len(members)} suites")
+    if Path(args.out).is_file():
+        raise ValueError(
+            f"--out {args.out} is a file; it names a folder (records go to OUT/SUITE.jsonl)"
+        )
     loaded = [suite.load(m, device, impls=args.impl, models=args.model) for m in members]
+    for s in loaded:
+        if not s.points:
+            raise ValueError(f"{s.name}: no point left to run after the --impl / --model filters")
     for s in loaded:
         code = _run_suite(args, s, device)
         if code:
@@ -83,7 +99,7 @@ def _run_suite(args, s, device) -> int:
             + (f" ({done} already recorded)" if done else "")
         )
         return 0
-    runner.run(
+    summary = runner.run(
         s,
         out,
         device,
@@ -104,9 +120,27 @@ def _run_suite(args, s, device) -> int:
             "pip install 'griffin-bench[report]', then python -m bench report "
             f"{out})"
         )
-        return 0
+        return _verdict(out, summary)
     report = build([out], Path(args.report) if args.report else report_path(out))
     print(f"records: {out}\nreport:  {report}")
+    return _verdict(out, summary)
+
+
+def _verdict(out: Path, summary: dict) -> int:
+    """1 when the run measured points and none of them is ok (every one failed), else 0."""
+    from bench.results import read_records
+
+    if not summary["points"]:
+        return 0
+    mine = [r for r in read_records(out)[0] if r["run_id"] == summary["run_id"]]
+    statuses = [r["status"] for r in mine if r["workload"] != "ceiling"]
+    if statuses and "ok" not in statuses:
+        counts = ", ".join(f"{statuses.count(k)} {k}" for k in sorted(set(statuses)))
+        print(
+            f"error: no point of this run succeeded ({counts}); see the table above",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -137,11 +171,26 @@ def _report(args) -> int:
         return 0
     if not args.results or not args.output:
         raise ValueError("give RESULTS files and -o OUTPUT.html (or --all)")
-    missing = [p for p in args.results if not Path(p).exists()]
-    if missing:
-        raise ValueError(f"no such results file(s): {', '.join(missing)}")
-    print(build([Path(p) for p in args.results], Path(args.output), plotly_js=args.plotly_js))
+    paths = _results_files(args.results)
+    if Path(args.output).is_dir():
+        raise ValueError(f"-o {args.output} is a folder; it names the HTML file to write")
+    print(build(paths, Path(args.output), plotly_js=args.plotly_js))
     return 0
+
+
+def _results_files(names: list[str]) -> list[Path]:
+    """Records files that exist and hold at least one point; else one clear line."""
+    from bench.results import read_records
+
+    paths = [Path(p) for p in names]
+    for path in paths:
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder; give its records files ({path}/SUITE.jsonl)")
+        if not path.exists():
+            raise ValueError(f"no such results file: {path}")
+    if not any(r["workload"] != "ceiling" for p in paths for r in read_records(p)[0]):
+        raise ValueError(f"no records in {', '.join(map(str, paths))}")
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench",
         description="griffin-bench: measure Hawk, Griffin and MQA implementations side by side.",
     )
+    parser.add_argument("--version", action="version", version=f"griffin-bench {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_list = sub.add_parser("list", help="models, implementations, workloads and suites")
     p_list.add_argument(
@@ -223,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "show":
             from bench.show import show
 
-            show([Path(p) for p in args.results])
+            show(_results_files(args.results))
         elif args.command == "ceilings":
             from bench import ceilings, runner
 
@@ -234,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except ValueError as exc:  # bad suite, unknown names: a clear message, no traceback
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an unwritable or unreadable path
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -170,8 +170,13 @@ def suite_group(name: str) -> tuple[str, ...]:
 def suite_path(name_or_path: str) -> Path:
     """A suite by name (bench/suites/NAME.toml) or by path to a TOML file."""
     path = Path(name_or_path)
-    if path.suffix == ".toml" and path.exists():
-        return path
+    if path.suffix == ".toml" or "/" in name_or_path:
+        if path.is_file():
+            return path
+        what = "is a folder, not a suite file" if path.is_dir() else "no such suite file"
+        raise ValueError(
+            f"{name_or_path}: {what} (a suite is a name from `list suites` or a .toml path)"
+        )
     candidate = SUITES_DIR / f"{name_or_path}.toml"
     if candidate.exists():
         return candidate

@@ -123,9 +123,11 @@ def load(name_or_path: str, device: str, impls=None, models=None) -> Suite:
     `impls` / `models` (lists of names) keep only those."""
     path = catalog.suite_path(name_or_path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise SuiteError(f"{path}: not a TOML file (not UTF-8 text)") from None
     for name in impls or ():
         catalog.implementation(name)
     for name in models or ():

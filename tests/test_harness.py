@@ -557,6 +557,52 @@ def test_cli_dry_run_lists_only_what_would_run(tmp_path, capsys):
     assert "2 points would run" in capsys.readouterr().out
 
 
+def test_cli_bad_paths_are_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "f").write_text("")
+    (tmp_path / "bin.toml").write_bytes(b"\x7fELF\x02\x01\x01\x00\xd0\xff")
+    rec = {"schema": SCHEMA_VERSION, "run_id": "r", "key": "k", "workload": "prefill"}
+    rec.update(model="hawk-tiny", impl="x", status="ok", timing={"median_ms": 1.5})
+    (tmp_path / "r.jsonl").write_text(json.dumps(rec) + "\n")
+    cases = [
+        (["show", "d"], "d is a folder; give its records files"),
+        (["show", "nofile.jsonl"], "no such results file: nofile.jsonl"),
+        (["report", "empty.jsonl", "-o", "e.html"], "no records in empty.jsonl"),
+        (["report", "r.jsonl", "-o", "d"], "-o d is a folder"),
+        (["report", "r.jsonl", "-o", "/proc/x.html"], "/proc/x.html: "),
+        (["run", "nothere.toml", "--dry-run"], "nothere.toml: no such suite file"),
+        (["run", "./bin.toml", "--dry-run"], "bin.toml: not a TOML file"),
+        (["run", "smoke", "--out", "f", "--dry-run"], "--out f is a file"),
+    ]
+    for argv, message in cases:
+        assert cli(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err, (argv, err)
+        assert "Traceback" not in err
+
+
+def test_a_run_where_every_point_failed_exits_1(monkeypatch, tmp_path, capsys):
+    ghost = catalog.Implementation(
+        "ghost", "torch", "bench.impls.ours_torch", ("no_such_module_xyz",), "peer", "test"
+    )
+    monkeypatch.setattr(catalog, "IMPLEMENTATIONS", (*catalog.IMPLEMENTATIONS, ghost))
+    body = '[[case]]\nworkload = "prefill"\nmodels = ["hawk-tiny"]\nimpls = ["ghost"]\nprompt = 8\n'
+    path = write_suite(tmp_path, body)
+    argv = ["run", str(path), "--device", "cpu", "--out", str(tmp_path / "o"), "--no-isolate"]
+    argv += ["--quiet", "--report", str(tmp_path / "r.html")]
+    assert cli(argv) == 1
+    assert "no point of this run succeeded (1 unavailable)" in capsys.readouterr().err
+    assert cli(argv) == 0  # nothing left to run: nothing failed
+
+
+def test_cli_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("griffin-bench ")
+
+
 def test_cli_list_and_dry_run(capsys):
     assert cli(["list"]) == 0
     out = capsys.readouterr().out
