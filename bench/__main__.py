@@ -110,7 +110,7 @@ def _run_suite(args, s, device) -> int:
     )
     from bench.show import show
 
-    show([out])
+    show([out], impls=args.impl, models=args.model)
     try:
         from bench.report import build
     except ImportError as e:  # plotly missing (a bare GPU image): the records are what matter
@@ -242,6 +242,17 @@ def main(argv: list[str] | None = None) -> int:
 
     p_show = sub.add_parser("show", help="summarise records files")
     p_show.add_argument("results", nargs="+")
+    for flag, what in (("impl", "implementation"), ("model", "model"), ("workload", "workload")):
+        p_show.add_argument(f"--{flag}", action="append", help=f"only this {what} (repeatable)")
+    p_show.add_argument(
+        "--status", action="append", help="only points of this status (ok, oom, error, ...)"
+    )
+    p_show.add_argument(
+        "--format",
+        default="table",
+        choices=["table", "csv", "markdown", "json"],
+        help="table (default, 120 columns), csv, markdown or json (every column in full)",
+    )
 
     p_rep = sub.add_parser("report", help="build an HTML report from records files")
     p_rep.add_argument("results", nargs="*")
@@ -273,7 +284,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "show":
             from bench.show import show
 
-            show(_results_files(args.results))
+            show(
+                _results_files(args.results),
+                args.format,
+                impls=args.impl,
+                models=args.model,
+                workloads=args.workload,
+                statuses=args.status,
+            )
         elif args.command == "ceilings":
             from bench import ceilings, runner
 

@@ -647,6 +647,36 @@ def test_every_suite_file_is_valid():
 
 
 def test_show_prints_a_table(tmp_path, capsys):
-    assert cli(["show", str(ROOT / "results" / "h100" / "rg-2b.jsonl")]) == 0
+    path = str(ROOT / "results" / "h100" / "rg-2b.jsonl")
+    assert cli(["show", path]) == 0
     out = capsys.readouterr().out
     assert "recurrentgemma-torch" in out and "transformers-gemma" in out
+    assert max(len(line) for line in out.splitlines()) <= 120
+    lines = out.splitlines()
+    assert lines[0] == "decode:"  # a block per workload
+    assert lines[1].split()[:5] == ["model", "impl", "params", "status", "median_ms"]
+    assert "spread" in lines[1] and "reps" in lines[1]
+    assert {"prefill:", "train_step:"} <= set(lines)
+
+
+def test_show_filters_and_formats(capsys):
+    import csv
+    import io
+
+    path = str(ROOT / "results" / "h100" / "rg-2b.jsonl")
+    args = ["show", path, "--impl", "transformers-gemma", "--workload", "prefill"]
+    assert cli([*args, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and {(r["impl"], r["workload"]) for r in rows} == {
+        ("transformers-gemma", "prefill")
+    }
+    assert all(r["p20_ms"] <= r["median_ms"] <= r["p80_ms"] and r["reps"] for r in rows)
+    assert cli([*args, "--format", "csv"]) == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(table) == len(rows) and float(table[0]["median_ms"]) == rows[0]["median_ms"]
+    assert cli([*args, "--format", "markdown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| workload |") and lines[1].startswith("|---|")
+    assert len(lines) == 2 + len(rows)
+    assert cli(["show", path, "--status", "mismatch", "--model", "gemma-2b"]) == 0
+    assert "no records match the filters" in capsys.readouterr().out
