@@ -26,39 +26,54 @@ def _version() -> str:
         return "(not installed)"
 
 
+def _aligned(rows: list[list[str]], indent: str = "  ") -> str:
+    """Rows of cells as left-aligned columns (the last column free)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        indent + " ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + " " + r[-1]
+        for r in rows
+    )
+
+
 def _list(what: str) -> None:
     from bench import catalog
     from bench.workloads import WORKLOADS
-    from models.config import PRESETS, describe, preset
+    from models.config import PRESETS, describe_fields, preset
 
     if what in ("all", "models"):
         print("models:")
-        for name in PRESETS:
-            print("  " + describe(preset(name)))
+        fields = [describe_fields(preset(name)) for name in PRESETS]
+        head = [list(fields[0])]
+        print(_aligned(head + [list(f.values()) for f in fields]))
     if what in ("all", "impls"):
         print("implementations:")
+        rows = [["name", "kind", "backend", "role", "state: description"]]
         for impl in catalog.IMPLEMENTATIONS:
             missing = catalog.missing_requirements(impl)
             state = f"unavailable ({missing})" if missing else "available"
-            print(
-                f"  {impl.name:<22} {impl.kind:<6} {impl.backend:<5} {impl.role:<9} {state}: "
-                f"{impl.description}"
+            rows.append(
+                [impl.name, impl.kind, impl.backend, impl.role, f"{state}: {impl.description}"]
             )
+        print(_aligned(rows))
     if what in ("all", "workloads"):
         print("workloads:")
+        rows = [["name", "parameters (defaults)", "what it measures"]]
         for name, wl in WORKLOADS.items():
             defaults = {**wl.defaults, **getattr(wl, "flags", {})}
             params = [*wl.required, *(f"{k}={v}" for k, v in defaults.items())]
-            print(f"  {name:<11} {', '.join(params)}: {(wl.__doc__ or '').strip()}")
+            rows.append([name, ", ".join(params), wl.description])
+        print(_aligned(rows))
     if what in ("all", "suites"):
         import tomllib
 
         print("suites:")
+        rows = [["name", "description"]]
         for name in catalog.suites():
             desc = tomllib.loads(catalog.suite_path(name).read_text()).get("description", "")
-            print(f"  {name:<12} {desc}")
+            rows.append([name, desc])
         for name, members in catalog.SUITE_GROUPS.items():
-            print(f"  {name:<12} runs {', '.join(members)}, each into its own records file")
+            rows.append([name, f"runs {', '.join(members)}, each into its own records file"])
+        print(_aligned(rows))
 
 
 def _run(args) -> int:

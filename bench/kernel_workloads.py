@@ -127,9 +127,16 @@ class KernelWorkload(Workload):
     defaults: ClassVar[dict] = {"batch": 8, "width": 2560}
     flags: ClassVar[dict] = {"backward": 0}  # 0 or 1
 
+    DESCRIPTIONS: ClassVar[dict] = {
+        "scan": "the linear scan h_t = a_t h_(t-1) + x_t over [batch, seq_len, width]",
+        "rglru": "the fused RG-LRU (gates, scan, output) over [batch, seq_len, width]",
+        "conv1d": "the temporal Conv1D (width 4) over [batch, seq_len, width]",
+    }
+
     def __init__(self, op: str):
         self.op = op
         self.name = f"kernel_{op}"
+        self.description = self.DESCRIPTIONS[op] + "; forward, or forward + backward"
 
     def normalize(self, params: dict) -> dict:
         p = dict(params)

@@ -46,6 +46,7 @@ def positions(batch: int, start: int, length: int) -> np.ndarray:
 
 class Workload:
     name: str
+    description = ""
     kind = "model"  # "model" (a preset runs it) or "kernel" (an op on tensors)
     required: tuple[str, ...] = ()
     defaults: ClassVar[dict] = {}
@@ -87,6 +88,7 @@ def _prefill_inputs(handle, cfg, batch, prompt, seed):
 
 class Prefill(Workload):
     name = "prefill"
+    description = "latency of processing a prompt (cache built, last-position logits)"
     required = ("prompt",)
     defaults: ClassVar[dict] = {"batch": 1}
 
@@ -266,6 +268,7 @@ def _check_length(name: str, p: dict, steps_field: str) -> None:
 
 class Decode(Workload):
     name = "decode"
+    description = "time to sample `steps` tokens after a prefill of `prompt` (paper Fig. 4)"
     required = ("prompt", "steps")
     defaults: ClassVar[dict] = {"batch": 16}
 
@@ -315,6 +318,7 @@ class Decode(Workload):
 
 class TrainStep(Workload):
     name = "train_step"
+    description = "forward + backward + AdamW at fixed tokens per batch (paper Fig. 3)"
     required = ("seq_len",)
     defaults: ClassVar[dict] = {"batch": None, "tokens_per_batch": None}
 
@@ -389,6 +393,7 @@ def sequence_bytes(cfg: ModelConfig, length: int, dtype: str) -> int:
 
 class Throughput(Workload):
     name = "throughput"
+    description = "tokens/s at the largest batch that fits for a generation (paper Fig. 1b)"
     required = ("gen_len",)
     defaults: ClassVar[dict] = {"prompt": 1, "max_batch": 1024}
 

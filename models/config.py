@@ -307,14 +307,41 @@ def embed_multiplier(cfg: ModelConfig, param_dtype: str) -> float | None:
     return value
 
 
+def count(n: float) -> str:
+    """A parameter count as people write it: 1.83B, 295M, 215k."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def attention_kind(cfg: ModelConfig) -> str:
+    if ATTENTION not in cfg.block_types:
+        return "no attention"
+    return "global" if cfg.attention_window is None else f"window {cfg.attention_window}"
+
+
+def describe_fields(cfg: ModelConfig) -> dict[str, str]:
+    """The columns of a model's line in `bench list`."""
+    return {
+        "name": cfg.name,
+        "family": cfg.family,
+        "d": str(cfg.width),
+        "e": str(cfg.lru_width),
+        "depth": str(cfg.depth),
+        "heads": f"{cfg.num_heads}x{cfg.head_dim}",
+        "attention": attention_kind(cfg),
+        "params": count(param_count(cfg)),
+        "without embeddings": count(param_count(cfg, embedding=False)),
+    }
+
+
 def describe(cfg: ModelConfig) -> str:
     """One line: family, sizes and parameter count."""
-    window = "global" if cfg.attention_window is None else f"window {cfg.attention_window}"
+    f = describe_fields(cfg)
     return (
-        f"{cfg.name}: {cfg.family}, d={cfg.width} e={cfg.lru_width} depth={cfg.depth} "
-        f"heads={cfg.num_heads}x{cfg.head_dim} {window}, "
-        f"{param_count(cfg) / 1e9:.3g}B params ({param_count(cfg, embedding=False) / 1e9:.3g}B "
-        f"without embeddings)"
+        f"{cfg.name}: {cfg.family}, d={f['d']} e={f['e']} depth={f['depth']} heads={f['heads']} "
+        f"{f['attention']}, {f['params']} params ({f['without embeddings']} without embeddings)"
     )
 
 

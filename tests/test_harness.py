@@ -608,6 +608,20 @@ def test_cli_list_and_dry_run(capsys):
     out = capsys.readouterr().out
     for name in ("recurrentgemma-2b", "ours-torch-reference", "throughput", "rg-2b"):
         assert name in out
+    lines = out.splitlines()
+    hawk = next(line for line in lines if line.split()[:1] == ["hawk-tiny"])
+    assert "no attention" in hawk and "215k" in hawk and "0.000" not in hawk
+    assert "1.83B" in next(line for line in lines if line.split()[:1] == ["hawk-1b"])
+    # every workload says what it measures, in one aligned column
+    from bench.workloads import WORKLOADS
+
+    block = lines[lines.index("workloads:") + 1 : lines.index("suites:")]
+    assert len(block) == 1 + len(WORKLOADS)
+    starts = {block[0].index("what it measures")}
+    for line, wl in zip(block[1:], WORKLOADS.values(), strict=True):
+        assert wl.description and line.endswith(wl.description)
+        starts.add(line.index(wl.description))
+    assert len(starts) == 1
     assert cli(["run", "rg-2b", "--device", "cuda", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "prefill recurrentgemma-2b recurrentgemma-torch bfloat16 batch=1 prompt=2048" in out
