@@ -3,6 +3,7 @@
 python -m bench list [models|impls|workloads|suites]
 python -m bench run SUITE [--out DIR] [--device cpu|cuda] [--impl NAME ...] [--model NAME ...]
 python -m bench show RESULTS.jsonl [...]
+python -m bench compare A.jsonl B.jsonl [--format table|csv|json] [--html PATH] [--fail-on-slower]
 python -m bench ceilings [--device cpu|cuda]
 """
 
@@ -208,6 +209,28 @@ def _results_files(names: list[str]) -> list[Path]:
     return paths
 
 
+def _compare(args) -> int:
+    from bench import compare
+
+    c = compare.compare_files(args.a, args.b)
+    if args.format == "table":
+        print(compare.format_table(c))
+    else:  # stdout stays machine-readable; what is not like for like goes to stderr
+        for line in [*c.differences, *c.problems, *compare.notes(c)]:
+            print(f"warning: {line}", file=sys.stderr)
+        print(compare.FORMATS[args.format](c))
+    if args.html:
+        try:
+            out = compare.write_html(c, args.html, args.a, args.b)
+        except ImportError as e:  # plotly missing: bench.report cannot be imported
+            raise ValueError(
+                f"--html needs the report extra ({(e.name or str(e)).split('.')[0]} is not "
+                "installed: pip install 'griffin-bench[report]')"
+            ) from None
+        print(f"page: {out}", file=sys.stderr if args.format != "table" else sys.stdout)
+    return 1 if args.fail_on_slower and c.any_slower else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -285,6 +308,19 @@ def main(argv: list[str] | None = None) -> int:
         "written once as plotly.min.js beside the page",
     )
 
+    p_cmp = sub.add_parser("compare", help="compare two records files point by point (B against A)")
+    p_cmp.add_argument("a", metavar="A", help="the baseline records file")
+    p_cmp.add_argument("b", metavar="B", help="the records file compared against A")
+    p_cmp.add_argument(
+        "--format", choices=["table", "csv", "json"], default="table", help="terminal output"
+    )
+    p_cmp.add_argument("--html", metavar="PATH", help="also write the comparison as an HTML page")
+    p_cmp.add_argument(
+        "--fail-on-slower",
+        action="store_true",
+        help="exit 1 if any point is slower (its 95%% interval of B/A lies above 1)",
+    )
+
     p_ceil = sub.add_parser("ceilings", help="measure copy bandwidth and matmul rate here")
     p_ceil.add_argument("--device", choices=["cpu", "cuda"])
 
@@ -296,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         elif args.command == "report":
             return _report(args)
+        elif args.command == "compare":
+            return _compare(args)
         elif args.command == "show":
             from bench.show import show
 
