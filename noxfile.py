@@ -38,8 +38,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The default suite: `smoke` (tiny presets) without a GPU, `default` on one; then its report."""
-    install(session, "jax,peers,report")
+    """The default suite: `smoke` (tiny presets) without a GPU, `default` on one; then its report.
+    Triton is installed too: without a GPU its interpreter runs our kernels (and with them the
+    optimized torch model) on the CPU."""
+    install(session, "jax,peers,report,triton")
     session.run("python", "-m", "bench", "run", *session.posargs)
 
 

@@ -694,3 +694,19 @@ def test_show_filters_and_formats(capsys):
     assert len(lines) == 2 + len(rows)
     assert cli(["show", path, "--status", "mismatch", "--model", "gemma-2b"]) == 0
     assert "no records match the filters" in capsys.readouterr().out
+
+
+def test_the_smoke_suite_covers_every_model_implementation_and_workload():
+    """What `nox -s bench` promises without a GPU: every model implementation, every model
+    workload, and a kernel case with our kernels beside a peer."""
+    s = suite.load("smoke", "cpu")
+    from bench.workloads import WORKLOADS
+
+    model_impls = {i.name for i in catalog.model_implementations()}
+    assert model_impls <= {p.impl for p in s.points}
+    model_workloads = {n for n, w in WORKLOADS.items() if w.kind == "model"}
+    assert model_workloads <= {p.workload for p in s.points}
+    kernel = {p.impl for p in s.points if p.workload.startswith("kernel_")}
+    assert {"ours-triton", "ours-jax-optimized"} <= kernel and any(
+        "recurrentgemma" in i for i in kernel
+    )
