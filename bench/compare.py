@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.results import read_records
+from bench.results import latest, read_records
 
 RESAMPLES = 2000
 SEED = 0
@@ -73,12 +73,8 @@ def read(path: str | Path) -> tuple[list[dict], list[str]]:
 
 
 def points(records: list[dict]) -> dict[str, dict]:
-    """The newest record of each key, leaving out records with no params (ceiling rows)."""
-    latest: dict[str, dict] = {}
-    for r in records:
-        if r.get("params"):
-            latest[r["key"]] = r
-    return latest
+    """The newest record of each key (results.latest), leaving out records with no params."""
+    return {k: r for k, r in latest(records).items() if r.get("params")}
 
 
 # --- statistics ------------------------------------------------------------------------------

@@ -113,11 +113,15 @@ def recorded_keys(path: str | Path, run_id: str | None = None) -> set[str]:
     }
 
 
+def latest(records: Iterable[dict]) -> dict[str, dict]:
+    """{key: its newest record}, ceiling rows left out: the newest record of a point wins
+    everywhere (the report, `show`, `compare`, a rerun); older ones stay in the file."""
+    return {r["key"]: r for r in records if r.get("workload") != "ceiling"}
+
+
 def latest_status(path: str | Path) -> dict[str, str]:
-    """{key: status of its newest record}: the newest record of a point wins everywhere (the
-    report, `show`, a rerun); older ones stay in the file as its history."""
-    records, _ = read_records(path)
-    return {r["key"]: r["status"] for r in records if r.get("workload") != "ceiling"}
+    """{key: status of its newest record}."""
+    return {k: r["status"] for k, r in latest(read_records(path)[0]).items()}
 
 
 def load(paths: str | Path | Iterable[str | Path], *, warn: bool = True):

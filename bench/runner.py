@@ -169,10 +169,12 @@ def run(
         return _run(suite, out, device, isolate, progress, point_timeout, rerun)
 
 
-def todo_points(suite: Suite, out: Path, rerun: str | None = None) -> list[Point]:
+def todo_points(
+    suite: Suite, out: Path, rerun: str | None = None, status: dict | None = None
+) -> list[Point]:
     """The points a run measures: those not yet recorded; with rerun="failed" also those whose
-    newest record is not `ok`; with rerun="all" every point."""
-    status = latest_status(out)
+    newest record is not `ok`; with rerun="all" every point. `status`: latest_status(out)."""
+    status = latest_status(out) if status is None else status
     if rerun == "all":
         return list(suite.points)
     if rerun == "failed":
@@ -182,7 +184,8 @@ def todo_points(suite: Suite, out: Path, rerun: str | None = None) -> list[Point
 
 def _run(suite, out, device, isolate, progress, point_timeout, rerun) -> dict:
     RecordWriter(out)  # creates the folder, repairs a torn last line
-    todo = todo_points(suite, out, rerun)
+    status = latest_status(out)
+    todo = todo_points(suite, out, rerun, status)
     prog = Progress(len(todo), progress)
     run_id = (
         f"{suite.name}-{datetime.datetime.now(datetime.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
@@ -194,7 +197,7 @@ def _run(suite, out, device, isolate, progress, point_timeout, rerun) -> dict:
             "(--retry measures again those not ok, --force all)"
         )
         return summary
-    again = len(todo) - sum(1 for p in todo if p.key not in latest_status(out))
+    again = sum(1 for p in todo if p.key in status)
     prog.note(
         f"{suite.name}: {len(todo)} points on {device} -> {out}"
         + (f" ({summary['skipped']} already recorded)" if summary["skipped"] else "")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.results import note, read_records
+from bench.results import latest, note, read_records
 
 FORMATS = ("table", "csv", "markdown", "json")
 WIDTH = 120
@@ -27,8 +27,7 @@ def rows(
     for path in paths:
         records, issues = read_records(path)
         problems += issues
-        latest = {r["key"]: r for r in records if r["workload"] != "ceiling"}
-        for r in latest.values():
+        for r in latest(records).values():
             if (impls and r["impl"] not in impls) or (models and r["model"] not in models):
                 continue
             if workloads and r["workload"] not in workloads:

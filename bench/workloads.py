@@ -247,9 +247,12 @@ class _TimedGenerations:
         return t
 
     def time(self, handle, gen: _Generation, key: tuple, tcfg: TimingConfig, **extra) -> _Timed:
-        """Times `gen` (already warm) with a mark at every power of two below its length."""
+        """Times `gen` (already warm) with a mark at every power of two below its length (none
+        for a handle that `reads_reserve`: only its own length can be read from it)."""
         n = gen.steps
         marks = {1 << i for i in range(n.bit_length()) if 1 << i < n} | {n}
+        if getattr(handle, "reads_reserve", False):
+            marks = {n}
         timings = handle.backend.timer().measure_marked(
             lambda cache, mark: gen.run(cache, mark=mark), marks, setup=gen.fresh, cfg=tcfg
         )
