@@ -2,7 +2,10 @@
 chromium through playwright), failed points never drawn, damaged files never a traceback."""
 
 import copy
+import itertools
 import json
+import math
+import re
 import shutil
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import pytest
 
 from bench.__main__ import main as cli
 from bench.report import build
+from bench.report import page as report_page
 from bench.results import read_records
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,7 +113,13 @@ def render(html_path: Path) -> dict:
                 return {id: s.id, noData: !!s.querySelector('.no-data'),
                         traces: div ? div.data.length : 0,
                         drawn: div ? div.querySelectorAll('g.trace').length : 0,
-                        names: div ? div.data.map(t => t.name) : []};
+                        names: div ? div.data.map(t => t.name) : [],
+                        // what each trace is drawn in and what its colour stands for
+                        colours: div ? div.data.map(t => ({
+                          name: t.name,
+                          colour: (t.marker && typeof t.marker.color === 'string'
+                                   ? t.marker.color : null) || (t.line && t.line.color) || null,
+                          of: (t.meta && t.meta.colour_of) || null})) : []};
               }),
               rows: document.querySelectorAll('#records-body tr').length,
               statuses: Array.from(document.querySelectorAll('#records-body td.status-mismatch')).length,
@@ -118,6 +128,63 @@ def render(html_path: Path) -> dict:
         browser.close()
     result["errors"] = errors
     return result
+
+
+def _rgb(colour: str) -> tuple[int, ...]:
+    c = colour.strip().lower()
+    if c.startswith("#"):
+        c = c[1:] if len(c) == 7 else "".join(ch * 2 for ch in c[1:4])
+        return tuple(int(c[i : i + 2], 16) for i in (0, 2, 4))
+    return tuple(int(float(x)) for x in c[c.index("(") + 1 : c.index(")")].split(",")[:3])
+
+
+def colour_clashes(figures: list[dict], near: float = 40.0) -> list[str]:
+    """What contradicts "one colour, one meaning" on a rendered page: a trace drawn in a colour
+    it does not account for (plotly's cycle), one thing in two colours anywhere on the page, two
+    things in one colour anywhere on it, or two things of one figure in colours closer than
+    `near` (RGB distance: #565656 beside #555555 reads as the same grey)."""
+    problems, colour_of, meaning_of = [], {}, {}
+    for f in figures:
+        seen = {}
+        for t in f["colours"]:
+            where = f"{f['id']}: {t['name']!r}"
+            if not t["colour"] or not t["of"]:
+                problems.append(f"{where} has no colour of its own ({t['colour']}, {t['of']})")
+                continue
+            colour = t["colour"].lower()
+            colour_of.setdefault(t["of"], {})[colour] = where
+            meaning_of.setdefault(colour, {})[t["of"]] = where
+            seen[t["of"]] = colour
+        for (a, ca), (b, cb) in itertools.combinations(sorted(seen.items()), 2):
+            if ca != cb and math.dist(_rgb(ca), _rgb(cb)) < near:
+                problems.append(f"{f['id']}: {a} ({ca}) and {b} ({cb}) look alike")
+    problems += [f"{of} is drawn in {sorted(c)}" for of, c in colour_of.items() if len(c) > 1]
+    problems += [f"{c} stands for {sorted(m)}" for c, m in meaning_of.items() if len(m) > 1]
+    return problems
+
+
+def test_a_page_of_every_committed_record_has_no_colour_clash(tmp_path):
+    """Every committed record on one page (GPU and CPU runs, every implementation measured so far,
+    paper figures included): each implementation has one colour and no colour two meanings."""
+    paths = sorted((ROOT / "results").glob("*/*.jsonl"))
+    result = render(build(paths, tmp_path / "everything.html", plotly_js="shared"))
+    assert result["errors"] == []
+    impls = {t["of"] for f in result["figures"] for t in f["colours"]}
+    assert len([i for i in impls if i and i.startswith("impl:")]) >= 8  # a page worth checking
+    assert colour_clashes(result["figures"]) == []
+    # ... and the check fails on a clash: the same colour for two implementations
+    clash = [{"id": "f", "colours": [
+        {"name": "a", "colour": "#123456", "of": "impl:a"},
+        {"name": "b", "colour": "#123456", "of": "impl:b"},
+        {"name": "c", "colour": "#654321", "of": "impl:a"},
+        {"name": "d", "colour": "#abcdef", "of": None},
+        {"name": "e", "colour": "rgb(101, 67, 34)", "of": "impl:e"},
+    ]}]  # fmt: skip
+    problems = colour_clashes(clash)
+    assert problems[0].startswith("f: 'd' has no colour of its own"), problems
+    assert "impl:a (#654321) and impl:e (rgb(101, 67, 34)) look alike" in problems[1], problems
+    assert "impl:a is drawn in" in problems[2] and "stands for" in problems[3], problems
+    assert len(problems) == 4, problems
 
 
 def test_report_of_a_real_run_renders_every_figure(run_dir):
@@ -150,6 +217,11 @@ def test_run_command_writes_the_report(run_dir):
     text = (run_dir / "tiny.html").read_text()
     assert "plotly" in text and "fig-decode" in text and "tiny.jsonl" in text
     assert "<th>timer</th>" in text and f'"timer": "{CpuTimer.kind}"' in text  # how each was timed
+    # the CPU's ceilings with their magnitude: a matmul rate of GFLOP/s, never "0 TFLOP/s"
+    assert re.search(r"copy [0-9.]+ [GM]B/s, matmul [0-9.]+ GFLOP/s \(float32\)", text)
+    assert report_page.rate(0.052e12, "FLOP/s") == "52 GFLOP/s"
+    assert report_page.rate(4222e9, "B/s") == "4.22 TB/s"
+    assert report_page.rate(None, "B/s") == report_page.rate(0.0, "B/s") == "?"
 
 
 @pytest.mark.parametrize("page", sorted((ROOT / "reports").glob("*.html")), ids=lambda p: p.name)

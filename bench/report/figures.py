@@ -16,13 +16,14 @@ from plotly.subplots import make_subplots
 
 from bench.report import paper
 from bench.report.data import ok
-from bench.report.paper import FAMILY_ORDER, family_size
+from bench.report.paper import FAMILY_ORDER
 
 # Enough colours for every implementation of the catalog and a few more (Dark24 then Alphabet).
 PALETTE = (*plotly.colors.qualitative.Dark24, *plotly.colors.qualitative.Alphabet)
 # The paper figures colour model families, not implementations (one implementation at a time).
 FAMILY_COLORS = {"mqa": "#555555", "griffin": "#d62728", "hawk": "#1f77b4"}
 SIZE_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x")
+ANALYTIC_DASHES = ("dash", "dot", "dashdot", "longdash", "longdashdot")
 # The implementation a paper figure opens on, in order of preference; the menu offers the others.
 PAPER_DEFAULT = ("ours-torch-optimized", "ours-jax-optimized")
 
@@ -42,6 +43,17 @@ def _colors(df: pd.DataFrame, colors: dict | None) -> dict[str, str]:
 
 def family_color(family: str) -> str:
     return FAMILY_COLORS.get(family, "#8c564b")
+
+
+# What a trace's colour stands for, carried in its `meta` so that the built page can be checked:
+# on one page a colour means one thing (an implementation, or a model family in the paper
+# figures) and each thing has one colour (tests/test_report.py reads it back from the browser).
+ANALYTIC_COLOR = "#444444"  # analytic curves: neutral, told apart by dash and by legend
+
+
+def colour_of(what: str, name: str) -> dict:
+    """The `meta` of a trace coloured for `what` ("impl", "family" or "analytic") `name`."""
+    return {"colour_of": f"{what}:{name}"}
 
 
 @dataclass
@@ -214,6 +226,7 @@ def train_vs_length(df: pd.DataFrame, colors: dict | None = None) -> Figure:
                         f"{family} {size}",
                         legendgroup=f"{family}{size}",
                         line=dict(color=family_color(family)),
+                        meta=colour_of("family", family),
                         customdata=g["median_ms"],
                         hovertemplate=f"%{{x}} tokens: %{{y:.3f}}x MQA at {int(first)} "
                         f"(%{{customdata:.4g}} ms)<extra>{family}-{size} {impl}</extra>",
@@ -289,6 +302,7 @@ def decode_latency(df: pd.DataFrame, colors: dict | None = None) -> Figure:
                             legendgroup=name,
                             showlegend=(impl, name) not in legend,
                             line=dict(color=color),
+                            meta=colour_of("family", family),
                             marker=dict(symbol=SIZE_SYMBOLS[sizes.index(size) % 5]),
                             error_y=dict(
                                 type="data",
@@ -313,6 +327,7 @@ def decode_latency(df: pd.DataFrame, colors: dict | None = None) -> Figure:
                             legendgroup=name + "model",
                             showlegend=(impl, name + "model") not in legend,
                             line=dict(color=color, dash="dash", width=1.5),
+                            meta=colour_of("family", family),  # its measured twin's colour
                             hovertemplate="%{x} tokens: %{y:.4g} ms (weights + cache read every "
                             f"step at the measured copy bandwidth)<extra>{family}-{size}</extra>",
                         ),
@@ -363,6 +378,7 @@ def max_throughput(df: pd.DataFrame, colors: dict | None = None) -> Figure:
                         f"{family} {size}",
                         legendgroup=f"{family}{size}",
                         line=dict(color=family_color(family)),
+                        meta=colour_of("family", family),
                         marker=dict(symbol=SIZE_SYMBOLS[sizes.index(size) % 5]),
                         customdata=list(zip(batches, limits, strict=True)),
                         hovertemplate="%{x} tokens: %{y:.4g} tok/s at batch %{customdata[0]} "
@@ -420,6 +436,7 @@ def kernels(df: pd.DataFrame, colors: dict | None = None) -> Figure:
                     legendgroup=impl,
                     showlegend=impl not in {t.name for t in fig.data},
                     line=dict(color=colors[impl]),
+                    meta=colour_of("impl", impl),
                     customdata=g["mbu"] * 100,
                     hovertemplate="%{x}: %{y:.4g} GB/s (%{customdata:.0f}% of copy)<extra>"
                     + impl
@@ -473,6 +490,7 @@ def memory(df: pd.DataFrame, colors: dict | None = None) -> Figure:
                 mode="markers",
                 # colour: the implementation (as everywhere on the page); symbol: the model
                 marker=dict(color=colors[impl], symbol=symbol, size=9),
+                meta=colour_of("impl", impl),
                 name=f"{model} · {impl} (measured)",
                 legendgroup=model,
                 hovertemplate="%{x} tokens: %{y:.4g} MiB<extra>" + f"{model} {impl}</extra>",
@@ -480,12 +498,21 @@ def memory(df: pd.DataFrame, colors: dict | None = None) -> Figure:
         )
     for model, g in d.groupby("model", sort=False):
         g = g.sort_values("cache_length").drop_duplicates("cache_length")
+        dash = ANALYTIC_DASHES[models.index(model) % len(ANALYTIC_DASHES)]
         fig.add_trace(
             go.Scatter(
                 x=list(g["cache_length"]),
                 y=list(g["analytic"]),
-                mode="lines",
-                line=dict(dash="dash", color=family_color(family_size(model)[0])),
+                mode="lines+markers",
+                # neutral: colour is the implementation's on this page; the model is the dash
+                # and the marker, the same symbol as its measured points
+                line=dict(dash=dash, color=ANALYTIC_COLOR, width=1.5),
+                marker=dict(
+                    symbol=SIZE_SYMBOLS[models.index(model) % len(SIZE_SYMBOLS)] + "-open",
+                    size=7,
+                    color=ANALYTIC_COLOR,
+                ),
+                meta=colour_of("analytic", "analytic"),
                 name=f"{model} (analytic)",
                 legendgroup=model,
             )
@@ -517,8 +544,8 @@ def peers(df: pd.DataFrame, colors: dict | None = None) -> Figure:
             case=lambda x: x["model"] + "<br>" + x["params"] + " " + x["dtype"]
         )
         for impl, g in dw.groupby("impl", sort=False):
-            labels = [
-                " ".join(
+            rates = [
+                ", ".join(
                     s
                     for s in (
                         f"MFU {m:.0%}" if pd.notna(m) else "",
@@ -534,11 +561,11 @@ def peers(df: pd.DataFrame, colors: dict | None = None) -> Figure:
                     y=list(g["median_ms"]),
                     name=impl,
                     marker_color=colors[impl],
+                    meta=colour_of("impl", impl),
                     legendgroup=impl,
                     showlegend=impl not in shown,
-                    text=labels,
-                    textposition="outside",
-                    hovertemplate="%{y:.4g} ms %{text}<extra>" + impl + "</extra>",
+                    customdata=rates,  # on hover only: printed on grouped bars they overlap
+                    hovertemplate="%{y:.4g} ms %{customdata}<extra>" + impl + "</extra>",
                 ),
                 row=row,
                 col=1,
@@ -546,7 +573,10 @@ def peers(df: pd.DataFrame, colors: dict | None = None) -> Figure:
             shown.add(impl)
         fig.update_yaxes(title_text="median ms", type="log", row=row, col=1)
     fig.update_layout(barmode="group")
-    note = "Log scale. MFU and MBU are against the matmul rate and copy bandwidth measured in the same run."
+    note = (
+        "Log scale. Hover over a bar for its MFU and MBU, against the matmul rate and copy "
+        "bandwidth measured in the same run (the records table lists them too)."
+    )
     return Figure(fid, title, _layout(fig, 320 * len(workloads) + 80), note)
 
 

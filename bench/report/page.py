@@ -108,6 +108,28 @@ def _verdicts(f: figures.Figure) -> str:
     )
 
 
+def rate(value, unit: str) -> str:
+    """A rate in the SI prefix that keeps 3 significant digits readable: rate(0.052e12, "FLOP/s")
+    is "52 GFLOP/s", rate(4222e9, "B/s") "4.22 TB/s"; "?" when the run measured none."""
+    if not isinstance(value, int | float) or value != value or value <= 0:
+        return "?"
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1, "")):
+        if value >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def _ceilings(ceil: dict) -> str:
+    """The measured ceilings of a run, each with its unit and magnitude (a CPU's matmul rate is
+    tens of GFLOP/s, not "0 TFLOP/s")."""
+    copy, mm = ceil.get("copy_gbps"), ceil.get("matmul_tflops")
+    dtype = f" ({ceil['matmul_dtype']})" if ceil.get("matmul_dtype") else ""
+    return (
+        f"copy {rate(copy * 1e9 if copy else None, 'B/s')}, "
+        f"matmul {rate(mm * 1e12 if mm else None, 'FLOP/s')}{dtype}"
+    )
+
+
 def _environment(runs: list[dict], paths: list[Path], out: Path) -> str:
     rows = []
     for r in runs:
@@ -127,7 +149,7 @@ def _environment(runs: list[dict], paths: list[Path], out: Path) -> str:
                     gpu.get("driver"),
                     f"{state.get('sm_clock_mhz')}/{gpu.get('max_sm_clock_mhz')} MHz" if gpu else "",
                     f"{state.get('power_w')}/{gpu.get('power_limit_w')} W" if gpu else "",
-                    f"{ceil.get('copy_gbps', 0):.0f} GB/s, {ceil.get('matmul_tflops', 0):.0f} TFLOP/s ({ceil.get('matmul_dtype')})",
+                    _ceilings(ceil),
                     env.get("git_sha"),
                     versions,
                 )
