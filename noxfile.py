@@ -64,6 +64,6 @@ def regress(session: nox.Session) -> None:
     env = {"JAX_PLATFORMS": "cuda,cpu" if shutil.which("nvidia-smi") else "cpu"}
     session.run(
         "pytest", "-q", "-p", "no:cacheprovider", "--regress", "tests/regress",
-        f"--benchmark-json={out}", env=env,
+        f"--benchmark-json={out}", "--benchmark-save-data", env=env,
     )  # fmt: skip
     session.run("python", "-m", "bench.regress", "check", out, *session.posargs, env=env)

@@ -11,11 +11,20 @@ one CUDA-graph replay, see capture_round), warm-up rounds apart, the median kept
 applies two rules:
 
 1. Against this device's stored baseline (results/baselines/DEVICE_KEY.json, keyed by GPU name,
-   driver and library versions): a case whose median grew by more than `threshold` fails, with
-   the case, the baseline, the new median and the ratio in the message.
+   driver and library versions). The baseline keeps every case's samples (per-call seconds of
+   each round); where both sides have at least 5, a case fails when the bootstrap 95% interval
+   of the ratio of medians (bench.compare) lies wholly above 1 + MIN_EFFECT and the rank test
+   agrees (Mann-Whitney p < 0.05): a slowdown beyond the run's own noise and larger than the
+   drift seen between reruns. Against a baseline of medians only (saved before samples were
+   kept), a median grown by more than `threshold` fails. The message names the case, both
+   medians, the ratio and (with samples) its interval and p.
 2. Ratios measured in the same run, which hold on any machine: each of our kernels against its
-   `_ref` twin and against the fastest peer. On a GPU the limits are the speed-ups we rely on; on
-   the CPU (Triton's interpreter, tiny shapes) only generous ones, so CI never flakes.
+   `_ref` twin and against the fastest peer. On a GPU the limits are the speed-ups we rely on. On
+   the CPU our kernels run in Triton's interpreter, 10^2..10^5 times slower than the native code
+   they would be compared with, so only the ratio of two interpreted paths is held to a limit
+   there: fused vs unfused RG-LRU fwd+bwd, 0.578-0.603 in ten runs on one CPU and 0.79 on
+   another, limit 1.0 (the fused kernel no slower than the unfused path it replaces), which a 2x
+   slowdown of the fused kernel (1.16-1.6) crosses; the others are printed, not gated.
 
 Refresh a baseline deliberately (`--save-baseline`) after a change that is meant to alter speed,
 or on a new device/driver/library version (a new key starts without a baseline).
@@ -34,7 +43,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINES = ROOT / "results" / "baselines"
-THRESHOLD = 0.10
+THRESHOLD = 0.10  # the allowed slowdown against a baseline of medians only
+# With samples on both sides: the smallest slowdown the gate claims (the interval's lower bound
+# must clear it). Reruns of one commit on one H100 moved medians by up to 3.3% (graph-timed,
+# docs/h100.md); a planted 10% slowdown (GRIFFIN_BENCH_INJECT_SLOWDOWN=CASE:1.1) must fail.
+MIN_EFFECT = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +89,12 @@ DECODE_CASES = [
 ]
 
 # On the CPU our kernels run in Triton's interpreter, 10^2..10^5 times slower than the native
-# code they are compared with there: those CPU limits only catch a hang or a broken gate. The
-# fused-vs-unfused RG-LRU ratio compares two interpreted paths and keeps a real (generous) limit.
-CPU_LIMIT = 1e6
+# code they are compared with there (ten CPU runs: 377-13,070x): no limit a regression would
+# cross, so those ratios are printed, not gated, on the CPU (None). The fused-vs-unfused RG-LRU
+# ratio compares two interpreted paths (0.578-0.603 in the same ten runs, 0.79 on another CPU)
+# and keeps a limit, 1.0, that a planted 2x slowdown of the fused kernel crosses
+# (tests/test_regress.py plants one).
+CPU_LIMIT = None
 # (numerator, denominator(s): the fastest of them, max ratio on a GPU, max ratio on the CPU)
 RATIOS = [
     *(
@@ -88,7 +104,7 @@ RATIOS = [
     ),  # the Conv1D _ref is 4 shifted multiply-adds, not a loop over time: ~8x, not ~300x
     ("scan-fwd-ours-triton", ["scan-fwd-recurrentgemma-jax-associative", "scan-fwd-fla-chunk"], 0.45, CPU_LIMIT),
     ("scan-fwdbwd-ours-triton", ["scan-fwdbwd-recurrentgemma-jax-associative", "scan-fwdbwd-fla-chunk"], 0.45, CPU_LIMIT),
-    ("rglru-fwdbwd-ours-triton", ["rglru-fwdbwd-torch-unfused-rglru"], 0.2, 3.0),
+    ("rglru-fwdbwd-ours-triton", ["rglru-fwdbwd-torch-unfused-rglru"], 0.2, 1.0),
     ("decode-fwd-ours-torch-optimized", ["decode-fwd-ours-torch-reference"], 0.5, CPU_LIMIT),
 ]  # fmt: skip
 
@@ -121,6 +137,30 @@ def medians(bench_json: dict) -> dict[str, float]:
         case = info.get("case") or b["name"]
         out[case] = float(b["stats"]["median"]) / int(info.get("calls_per_round", 1))
     return out
+
+
+def samples(bench_json: dict) -> dict[str, list[float]]:
+    """case id -> per-call seconds of every round, where the run kept them (pytest-benchmark's
+    `--benchmark-save-data`, as `nox -s regress` runs it)."""
+    out = {}
+    for b in bench_json.get("benchmarks", []):
+        info = b.get("extra_info") or {}
+        data = (b.get("stats") or {}).get("data")
+        if data:
+            calls = int(info.get("calls_per_round", 1))
+            out[info.get("case") or b["name"]] = [float(x) / calls for x in data]
+    return out
+
+
+def slowdown(new: list[float], base: list[float]) -> tuple[float, tuple | None, float | None]:
+    """(ratio of medians new/base, its bootstrap 95% interval or None, Mann-Whitney p or None):
+    the statistics of `python -m bench compare`, on a case's samples."""
+    import statistics
+
+    from bench import compare
+
+    ratio = statistics.median(new) / statistics.median(base)
+    return ratio, compare.bootstrap_ratio(base, new), compare.mann_whitney_p(base, new)
 
 
 def timers(bench_json: dict) -> dict[str, str]:
@@ -212,6 +252,28 @@ def round_target(fn, calls: int, sync, timer: str, capture=capture_round):
         return eager, "eager", f"{type(e).__name__}: {e}"[:500]
 
 
+def planted_calls(case_id: str, calls: int, plant: str | None) -> int:
+    """Calls a round of `case_id` runs under GRIFFIN_BENCH_INJECT_SLOWDOWN=`plant`
+    ("CASE_ID" or "CASE_ID:FACTOR", FACTOR > 1, default 2): round(calls * FACTOR) for the named
+    case, `calls` for every other. The round's time is still divided by `calls`."""
+    if not plant:
+        return calls
+    name, _, factor = plant.partition(":")
+    if name != case_id:
+        return calls
+    try:
+        f = float(factor or 2)
+    except ValueError:
+        f = 0.0
+    planted = round(calls * f) if f > 1 else calls
+    if planted <= calls:
+        raise ValueError(
+            f"GRIFFIN_BENCH_INJECT_SLOWDOWN={plant}: FACTOR must be a number > 1 that adds a "
+            f"call to a round of {calls} (valid: >= {(calls + 0.5) / calls:.2f})"
+        )
+    return planted
+
+
 def host_bound(case: str) -> bool:
     """Cases whose time is the host's Python speed, not the device's: our _ref loops (one small
     launch per step) and the eager reference decode. On the H100 their medians moved 1.3-1.75x
@@ -228,12 +290,19 @@ def check(
     key: str = "",
     timers: dict[str, str] | None = None,
     baseline_timers: dict[str, str] | None = None,
+    run_samples: dict[str, list[float]] | None = None,
+    baseline_samples: dict[str, list[float]] | None = None,
+    min_effect: float = MIN_EFFECT,
 ) -> tuple[list[str], list[str]]:
     """(failures, notes): slowdowns against the baseline and same-run ratio violations. `timers`
     (case -> timer used, see `timers()`) marks a case timed otherwise than planned (timer_for):
     a torch case whose CUDA-graph capture failed on a GPU, timed eagerly. A case timed otherwise
     than its baseline (`baseline_timers`; "eager" where a baseline recorded none) is not compared:
-    a graph replay and eager calls measure different things, so the baseline must be re-saved."""
+    a graph replay and eager calls measure different things, so the baseline must be re-saved.
+    Where `run_samples` and `baseline_samples` both hold at least bench.compare.MIN_SAMPLES of
+    a case, the statistics decide (module docstring, rule 1); else the median and `threshold`."""
+    from bench import compare
+
     failures, notes = [], []
 
     def tag(case):
@@ -262,6 +331,18 @@ def check(
                 f"{case}: median {new * 1e3:.4f} ms vs baseline {base * 1e3:.4f} ms on {key}: "
                 f"{ratio:.2f}x"
             )
+            a, b = (baseline_samples or {}).get(case, []), (run_samples or {}).get(case, [])
+            if min(len(a), len(b)) >= compare.MIN_SAMPLES:
+                ratio, interval, p = slowdown(b, a)
+                line += f" (95% interval {interval[0]:.3f}-{interval[1]:.3f}, p {p:.2g})"
+                if interval[0] > 1 + min_effect and p < compare.ALPHA:
+                    failures.append(
+                        f"{line}, slower beyond its noise and by more than {min_effect:.0%}"
+                        + tag(case)
+                    )
+                else:
+                    notes.append(line + tag(case))
+                continue
             if ratio > 1 + threshold:
                 failures.append(
                     f"{line}, slower by more than the {threshold:.0%} threshold{tag(case)}"
@@ -281,6 +362,9 @@ def check(
             continue  # a case not measured here (e.g. a GPU-only peer on the CPU)
         den = min(have, key=lambda d: run[d])
         r = run[num] / run[den]
+        if limit is None:
+            notes.append(f"{num} / {den} = {r:.3f} (not gated here)")
+            continue
         line = f"{num} / {den} = {r:.3f} (allowed <= {limit:g})"
         (failures if r > limit else notes).append(line)
     return failures, notes
@@ -295,6 +379,12 @@ def load_baseline(key: str, directory: Path = BASELINES) -> dict[str, float] | N
     return json.loads(path.read_text())["medians_s"] if path.exists() else None
 
 
+def load_baseline_samples(key: str, directory: Path = BASELINES) -> dict[str, list[float]]:
+    """case -> per-call seconds of a stored baseline ({} for one saved with medians only)."""
+    path = baseline_path(key, directory)
+    return json.loads(path.read_text()).get("samples_s", {}) if path.exists() else {}
+
+
 def load_baseline_timers(key: str, directory: Path = BASELINES) -> dict[str, str]:
     """case -> timer of a stored baseline ({} for a baseline saved before timers were recorded:
     its cases were all timed eagerly)."""
@@ -307,6 +397,7 @@ def save_baseline(
     run: dict[str, float],
     directory: Path = BASELINES,
     timers: dict[str, str] | None = None,
+    run_samples: dict[str, list[float]] | None = None,
 ) -> Path:
     from bench import env
 
@@ -318,6 +409,7 @@ def save_baseline(
         "git_sha": env.git_sha(),
         "medians_s": dict(sorted(run.items())),
         "timers": dict(sorted((timers or {}).items())),
+        "samples_s": dict(sorted((run_samples or {}).items())),
     }
     path.write_text(json.dumps(doc, indent=1) + "\n")
     return path
@@ -328,7 +420,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check", help="compare a pytest-benchmark run with this device's baseline")
     p.add_argument("run", help="the --benchmark-json file of tests/regress")
-    p.add_argument("--threshold", type=float, default=THRESHOLD, help="allowed slowdown (0.10)")
+    p.add_argument(
+        "--threshold", type=float, default=THRESHOLD,
+        help="allowed slowdown against a baseline of medians only (0.10)",
+    )  # fmt: skip
+    p.add_argument(
+        "--min-effect", type=float, default=MIN_EFFECT,
+        help="with samples: the slowdown the interval's lower bound must clear (0.05)",
+    )  # fmt: skip
     p.add_argument("--save-baseline", action="store_true", help="store this run as the baseline")
     p.add_argument("--baselines", default=str(BASELINES), help="baseline folder")
     args = parser.parse_args(argv)
@@ -341,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     key = (doc.get("machine_info") or {}).get("griffin_device_key") or device_key(device)
     directory = Path(args.baselines)
     if args.save_baseline:
-        saved = save_baseline(key, run, directory, timers(doc))
+        saved = save_baseline(key, run, directory, timers(doc), samples(doc))
         print(f"baseline saved: {saved} ({len(run)} cases)")
         baseline = None
     else:
@@ -354,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
         key,
         timers(doc),
         load_baseline_timers(key, directory),
+        samples(doc),
+        load_baseline_samples(key, directory),
+        args.min_effect,
     )
     for line in notes:
         print("  ok   " + line)

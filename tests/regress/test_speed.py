@@ -5,8 +5,11 @@ suite does, with pytest-benchmark: warm-up rounds first, each round synchronised
 compared afterwards by `python -m bench.regress check`. On a GPU a torch case's round is one
 replay of a CUDA graph of its calls (bench.regress.capture_round: no host work between kernels),
 the eager calls where the capture fails; the _ref loops, JAX and the CPU run eagerly. Skipped
-unless pytest runs with --regress. GRIFFIN_BENCH_INJECT_SLOWDOWN=CASE_ID runs that case's call
-twice (the gate's own test; under a graph the doubled call is what is captured).
+unless pytest runs with --regress. GRIFFIN_BENCH_INJECT_SLOWDOWN=CASE_ID[:FACTOR] plants a
+slowdown in that case (the gate's own tests): a round of n calls runs round(n * FACTOR) calls
+(default 2), its time still divided by n, so FACTOR 1.1 at the GPU's 10 calls a round is one
+extra call, 10% slower (under a graph the extra calls are captured with the others); at one
+call a round FACTOR 2 runs each call twice.
 """
 
 import os
@@ -40,18 +43,12 @@ def test_speed(case, benchmark):
     prepared = handle.prepare(inputs, bool(case.backward))
     fn, setup = prepared if isinstance(prepared, tuple) else (prepared, None)
     sync = handle.backend.timer().sync
-    if os.environ.get("GRIFFIN_BENCH_INJECT_SLOWDOWN") == case.id:
-        once = fn
-
-        def fn(*args):
-            once(*args)
-            return once(*args)
-
     loop = "loop" in case.impl
     calls = 1 if loop else regress.CALLS_PER_ROUND[FORM]
+    planted = regress.planted_calls(case.id, calls, os.environ.get("GRIFFIN_BENCH_INJECT_SLOWDOWN"))
     # a graph replays the same input tensors: a case with a per-round setup stays eager
     planned = regress.timer_for(case.id, DEVICE) if setup is None else "eager"
-    target, timer, error = regress.round_target(fn, calls, sync, planned)
+    target, timer, error = regress.round_target(fn, planted, sync, planned)
     if error:  # shown in pytest's summary, never an error (even under -W error)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
