@@ -332,8 +332,9 @@ def check(
                 f"{ratio:.2f}x"
             )
             a, b = (baseline_samples or {}).get(case, []), (run_samples or {}).get(case, [])
-            if min(len(a), len(b)) >= compare.MIN_SAMPLES:
-                ratio, interval, p = slowdown(b, a)
+            stats = slowdown(b, a) if min(len(a), len(b)) >= compare.MIN_SAMPLES else None
+            if stats is not None and stats[1] is not None and stats[2] is not None:
+                ratio, interval, p = stats
                 line += f" (95% interval {interval[0]:.3f}-{interval[1]:.3f}, p {p:.2g})"
                 if interval[0] > 1 + min_effect and p < compare.ALPHA:
                     failures.append(
