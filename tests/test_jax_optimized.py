@@ -286,3 +286,48 @@ def test_model_inside_a_users_jit_takes_the_general_path(spy):
     assert rel_err(got, ref.forward(params, tokens, pos)) <= TOL
     assert rel_err(opt.forward(params, tokens, pos), got) <= TOL
     assert spy["causal"] == preset("mqa-tiny").depth  # called directly: the fast path
+
+
+@pytest.mark.parametrize(
+    "name, impl, checkpoint",
+    [
+        ("griffin-tiny", "reference", False),  # depth 4 = one repeat of (R, R, A) and one block
+        ("griffin-tiny", "reference", True),
+        ("hawk-tiny", "reference", True),  # three repeats of (R,), no remainder
+        ("mqa-tiny", "reference", False),
+        ("griffin-tiny", "optimized", True),
+    ],
+)
+def test_stacked_blocks_equal_the_unrolled_loss_and_gradients(name, impl, checkpoint):
+    from bench.impls.base import chunked_nll
+    from models.jax.model import logits_from, run_stacked, stack_blocks
+
+    cfg = config(name)
+    _, _, params = models_for(name)
+    tokens, pos = data(2, 16, name, {0: [9]}, seed=3)
+    targets = jnp.roll(tokens, -1, axis=1)
+
+    def nll(logits):
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
+
+    def stacked(p):  # differentiated through stack_blocks: gradients in the unrolled layout
+        sp = stack_blocks(cfg, p)
+        if not checkpoint:
+            return nll(run_stacked(cfg, sp, tokens, pos, impl=impl))
+        # as the checkpointed training step: features, then the loss in chunks (32 tokens: 4)
+        h = run_stacked(cfg, sp, tokens, pos, impl=impl, checkpoint=True, features=True)
+        return chunked_nll(lambda x: logits_from(cfg, sp, x), h, targets, chunk_tokens=8)
+
+    sp = stack_blocks(cfg, params)
+    period = len(cfg.block_pattern)
+    assert len(sp["groups"]) == (period if cfg.depth >= period else 0)
+    assert len(sp["rest"]) == cfg.depth % period
+    loss_ref, grads_ref = _loss(cfg, impl, False)(params, tokens, pos, targets)
+    loss, grads = jax.jit(jax.value_and_grad(stacked))(params)
+    assert rel_err(loss, loss_ref) <= TOL
+    flat_ref = jax.tree_util.tree_leaves_with_path(grads_ref)
+    flat = jax.tree_util.tree_leaves(grads)
+    assert len(flat_ref) == len(flat)
+    for (path, g_ref), g in zip(flat_ref, flat, strict=True):
+        assert rel_err(g, g_ref) <= TOL, jax.tree_util.keystr(path)

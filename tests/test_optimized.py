@@ -289,3 +289,45 @@ def test_chunked_loss_equals_the_full_loss_and_its_gradients(name):
     assert abs(chunked.item() - full.item()) <= 1e-5 * abs(full.item())
     for (name, _), g, r in zip(opt.named_parameters(), grads_chunked, grads_full, strict=True):
         assert rel_err(g, r) <= TOL, name
+
+
+@pytest.mark.parametrize(
+    "name, impl, t, resets",
+    [
+        ("griffin-tiny", "reference", 13, {0: [5]}),
+        ("griffin-tiny", "optimized", 13, {0: [5]}),  # explicit masks
+        ("griffin-tiny", "optimized", 9, None),  # the causal fast path, re-entered when recomputed
+        ("mqa-tiny", "optimized", 13, None),
+    ],
+)
+def test_checkpointed_blocks_equal_the_plain_loss_and_gradients(name, impl, t, resets, monkeypatch):
+    from models.torch import optimized
+
+    ref, opt = pair(CASES[name])
+    model = (ref if impl == "reference" else opt).train()
+    tokens, pos = data(2, t, CASES[name].vocab_size, resets, seed=4)
+    targets = torch.roll(tokens, -1, dims=1)
+    masks = []
+    if impl == "optimized":
+        sdpa = optimized._sdpa_mqa
+        monkeypatch.setattr(
+            optimized,
+            "_sdpa_mqa",
+            lambda q, k, v, mask: masks.append(mask is None) or sdpa(q, k, v, mask),
+        )
+    out = {}
+    for ckpt in (False, True):
+        masks.clear()
+        h = model.features(tokens, pos, checkpoint=ckpt)
+        loss = torch.nn.functional.cross_entropy(
+            model.logits(h).float().flatten(0, 1), targets.flatten()
+        )
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        out[ckpt] = loss.item(), grads, list(masks)
+    (plain, g_plain, m_plain), (ckpt, g_ckpt, m_ckpt) = out[False], out[True]
+    assert abs(ckpt - plain) <= 1e-6 * abs(plain)
+    for (k, _), g, r in zip(model.named_parameters(), g_ckpt, g_plain, strict=True):
+        assert rel_err(g, r) <= TOL, k
+    if impl == "optimized":  # the recomputation takes the forward's attention path again
+        assert len(m_ckpt) == 2 * len(m_plain) and set(m_ckpt) == set(m_plain)
+        assert set(m_plain) == {resets is None}

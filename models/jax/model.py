@@ -129,6 +129,64 @@ def run(
     return logits_from(cfg, params, x), (new_blocks if return_cache else None)
 
 
+def stack_blocks(cfg: ModelConfig, params: dict) -> dict:
+    """The params with their blocks regrouped for `run_stacked`: `groups[j]` stacks (a leading
+    axis per repeat) the blocks at position j of every whole repeat of cfg.block_pattern, `rest`
+    the blocks after the last whole repeat. New arrays (a copy of the block weights)."""
+    period = len(cfg.block_pattern)
+    repeats = cfg.depth // period
+    blocks_ = params["blocks"]
+    groups = []
+    for j in range(period if repeats else 0):
+        at_j = [blocks_[r * period + j] for r in range(repeats)]
+        groups.append(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *at_j))
+    rest = [jax.tree_util.tree_map(jnp.copy, b) for b in blocks_[repeats * period :]]
+    others = {k: jax.tree_util.tree_map(jnp.copy, v) for k, v in params.items() if k != "blocks"}
+    return {**others, "groups": groups, "rest": rest}
+
+
+def run_stacked(
+    cfg: ModelConfig,
+    sparams: dict,
+    tokens,
+    segment_pos,
+    *,
+    impl: str = "reference",
+    one_document: bool = False,
+    checkpoint: bool = False,
+    features: bool = False,
+):
+    """Logits for every position of a fresh stream (as `run`), from params of `stack_blocks`
+    (features=True: the residual stream after the last block instead, for `logits_from`):
+    one jax.lax.scan over the repeats of the block pattern, so that a training step compiles
+    the pattern's blocks once, not every block (XLA's compile time grows with the unrolled
+    depth). checkpoint=True rematerialises each repeat in the backward pass (jax.checkpoint:
+    only the residual stream between repeats is kept, the activations inside are recomputed)."""
+    kinds = cfg.block_types
+    period = len(cfg.block_pattern)
+
+    def block(kind, p, x):
+        return blocks.residual_block(
+            cfg, kind, p, x, segment_pos, None, 0, False, impl, one_document
+        )[0]
+
+    def repeat(x, ps):
+        for kind, p in zip(kinds[:period], ps, strict=True):
+            x = block(kind, p, x)
+        return x, None
+
+    if checkpoint:
+        repeat = jax.checkpoint(repeat)
+        block = jax.checkpoint(block, static_argnums=0)
+    x = embed(cfg, sparams, tokens)
+    if sparams["groups"]:
+        x, _ = jax.lax.scan(repeat, x, sparams["groups"])
+    tail = kinds[len(kinds) - len(sparams["rest"]) :]
+    for kind, p in zip(tail, sparams["rest"], strict=True):
+        x = block(kind, p, x)
+    return x if features else logits_from(cfg, sparams, x)
+
+
 class Model:
     """Hawk, Griffin or the MQA Transformer in JAX, as `cfg.block_types` says.
 

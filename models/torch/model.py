@@ -122,8 +122,11 @@ class Model(nn.Module):
         cap = self.config.logits_soft_cap
         return torch.tanh(logits / cap) * cap if cap else logits
 
-    def _blocks(self, tokens, segment_pos, cache: Cache | None, return_cache: bool):
-        """The residual stream after the last block, [b, t, d], and the new cache."""
+    def _blocks(
+        self, tokens, segment_pos, cache: Cache | None, return_cache: bool, checkpoint=False
+    ):
+        """The residual stream after the last block, [b, t, d], and the new cache. checkpoint:
+        see `features`."""
         check_inputs(tokens, segment_pos)
         hint = contextlib.nullcontext()
         if self.impl == "optimized" and cache is None and tokens.shape[1] > 1:
@@ -134,6 +137,8 @@ class Model(nn.Module):
         length = 0 if cache is None else cache.length
         new_blocks = []
         with hint:
+            if checkpoint and cache is None and not return_cache and torch.is_grad_enabled():
+                return self._checkpointed(x, segment_pos), None
             for i, block in enumerate(self.blocks):
                 x, c = block(
                     x, segment_pos, None if cache is None else cache.blocks[i], length, return_cache
@@ -142,13 +147,42 @@ class Model(nn.Module):
         new_cache = Cache(new_blocks, length + tokens.shape[1]) if return_cache else None
         return x, new_cache
 
+    def _checkpointed(self, x, segment_pos):
+        """The blocks of a fresh stream, each recomputed in the backward pass (non-reentrant
+        torch.utils.checkpoint: only each block's input is kept). The recomputation runs under
+        the same attention hint as the forward (the same kernels, the same saved tensors)."""
+        from torch.utils.checkpoint import checkpoint
+
+        again = contextlib.nullcontext
+        if self.impl == "optimized":
+            from models.torch import optimized
+
+            again = optimized.hint_as_now()
+
+        def run(block, x):
+            return block(x, segment_pos, None, 0, False)[0]
+
+        for block in self.blocks:
+            x = checkpoint(
+                run,
+                block,
+                x,
+                use_reentrant=False,
+                context_fn=lambda: (contextlib.nullcontext(), again()),
+            )
+        return x
+
     def _run(self, tokens, segment_pos, cache: Cache | None, return_cache: bool, logits="all"):
         x, new_cache = self._blocks(tokens, segment_pos, cache, return_cache)
         return self.logits(x if logits == "all" else x[:, -1:]), new_cache
 
-    def features(self, tokens: torch.Tensor, segment_pos: torch.Tensor) -> torch.Tensor:
-        """The residual stream after the last block ([b, t, d]); `logits(features)` = forward."""
-        return self._blocks(tokens, segment_pos, None, return_cache=False)[0]
+    def features(
+        self, tokens: torch.Tensor, segment_pos: torch.Tensor, *, checkpoint: bool = False
+    ) -> torch.Tensor:
+        """The residual stream after the last block ([b, t, d]); `logits(features)` = forward.
+        checkpoint=True (under autograd): activation checkpointing per residual block, only each
+        block's input kept for the backward pass, the rest recomputed there."""
+        return self._blocks(tokens, segment_pos, None, return_cache=False, checkpoint=checkpoint)[0]
 
     # -- public API -----------------------------------------------------------------------------
 

@@ -171,6 +171,22 @@ def one_document_hint(segment_pos):
         _ONE_DOCUMENT.reset(token)
 
 
+def hint_as_now():
+    """A factory of contexts that hold the attention hint in force now (none if none is): for
+    a recomputation later, outside the forward's `one_document_hint` (activation checkpointing)."""
+    value = _ONE_DOCUMENT.get()
+
+    @contextlib.contextmanager
+    def again():
+        token = _ONE_DOCUMENT.set(value)
+        try:
+            yield
+        finally:
+            _ONE_DOCUMENT.reset(token)
+
+    return again
+
+
 def _plainly_causal(segment_pos, t: int, window: int | None) -> bool:
     """True when the mask of a chunk without cache is just causal: one document per row and no key
     out of the window (t - 1 <= window). Then SDPA runs its causal flash kernel, which skips the
@@ -689,14 +705,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return dx * grad.to(dx.dtype), dw * grad.to(dw.dtype), None, None, None
 
 
-def chunked_loss(model, tokens, segment_pos, targets, chunk_tokens: int = 2048) -> torch.Tensor:
+def chunked_loss(
+    model, tokens, segment_pos, targets, chunk_tokens: int = 2048, *, checkpoint: bool = False
+) -> torch.Tensor:
     """Mean float32 next-token cross-entropy without the [b, t, vocab] logits in memory: the
     output layer, the loss and their gradients run chunk by chunk of tokens in the forward pass
     (_LinearCrossEntropy), so the backward neither holds nor recomputes any logits (the output
     layer is the model's largest matmul: recomputing it, as activation checkpointing of the
     chunks did, cost a fourth GEMM of [b t, d] x [d, vocab]). Equals
-    F.cross_entropy(model(tokens, segment_pos).float().flatten(0, 1), targets.flatten())."""
-    h = model.features(tokens, segment_pos).flatten(0, 1)
+    F.cross_entropy(model(tokens, segment_pos).float().flatten(0, 1), targets.flatten()).
+    checkpoint: activation checkpointing of the blocks (Model.features)."""
+    h = model.features(tokens, segment_pos, checkpoint=checkpoint).flatten(0, 1)
     normed = norm(model.final_norm, h)
     cap = float(model.config.logits_soft_cap or 0.0)
     w = model.embedder.input_embedding
