@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import gc
 import resource
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,7 +152,12 @@ class JaxBackend:
         return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
 
     def free(self) -> None:
+        """Garbage, and what torch's caching allocator holds unused: a JAX handle is built from
+        a torch source model on the same device, whose freed weights torch would keep."""
         gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
 
     def device_label(self) -> str:
         import jax

@@ -257,7 +257,13 @@ def _keep_warnings(rec: dict, seen: list) -> None:
 
 def _record_failure(rec: dict, exc: BaseException, backend) -> None:
     """An exception of a point becomes its status: `oom` (the expected signal of a size that does
-    not fit) or `error` with the message and the traceback's end."""
+    not fit), `unavailable` (base.NotOffered: the implementation does not offer what the point
+    asks) or `error` with the message and the traceback's end."""
+    from bench.impls.base import NotOffered
+
+    if isinstance(exc, NotOffered):
+        rec.update(status="unavailable", error=str(exc)[:2000])
+        return
     oom = backend.is_oom(exc) or isinstance(exc, MemoryError)
     rec["status"] = "oom" if oom else "error"
     rec["error"] = f"{type(exc).__name__}: {exc}"[:2000]
@@ -315,6 +321,7 @@ def run_measure(job: dict, emit) -> int:
         t_build = time.perf_counter()
         try:
             handle = mod.build(source_model(cfg.name, dtype, device), dtype, backend)
+            backend.free()  # the source model's weights, once copied
         except Exception as exc:
             status = "oom" if backend.is_oom(exc) else "error"
             msg = f"building the model failed: {type(exc).__name__}: {exc}"[:2000]

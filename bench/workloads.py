@@ -323,10 +323,17 @@ class TrainStep(Workload):
     name = "train_step"
     description = "forward + backward + AdamW at fixed tokens per batch (paper Fig. 3)"
     required = ("seq_len",)
-    defaults: ClassVar[dict] = {"batch": None, "tokens_per_batch": None}
+    # checkpoint = 1: activation checkpointing (each residual block, or repeat of the block
+    # pattern, recomputed in the backward pass), for the models whose activations do not fit
+    defaults: ClassVar[dict] = {"batch": None, "tokens_per_batch": None, "checkpoint": None}
 
     def normalize(self, params: dict) -> dict:
         p = super().normalize(params)
+        if p["checkpoint"] not in (None, 1):
+            raise ValueError(
+                f"workload 'train_step': checkpoint must be 1 (activation checkpointing on) or "
+                f"left out (off), got {p['checkpoint']!r}"
+            )
         if (p["batch"] is None) == (p["tokens_per_batch"] is None):
             raise ValueError("workload 'train_step' needs exactly one of batch, tokens_per_batch")
         if p["batch"] is None:
@@ -337,6 +344,10 @@ class TrainStep(Workload):
                 )
             p["batch"] = p["tokens_per_batch"] // p["seq_len"]
         return p
+
+    def gate_params(self, cfg: ModelConfig | None, p: dict) -> dict:
+        """Checkpointing changes how the step keeps activations, not the model's outputs."""
+        return {k: v for k, v in p.items() if k != "checkpoint"}
 
     def _inputs(self, handle, cfg, p, seed):
         b, t = p["batch"], p["seq_len"]
@@ -358,7 +369,7 @@ class TrainStep(Workload):
                 f"has {have / 1e9:.1f} GB"
             )
         tokens, pos, targets = self._inputs(handle, cfg, p, seed)
-        step, restore = handle.train_step()
+        step, restore = handle.train_step(checkpoint=p["checkpoint"] == 1)
         try:
             losses = []
             timing = handle.backend.timer().measure(

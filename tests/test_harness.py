@@ -302,6 +302,28 @@ seq_len = 8
     assert rec["status"] == "oom" and "needs several GPUs: training griffin-tiny" in rec["error"]
 
 
+def test_checkpointed_training_runs_ours_and_is_unavailable_for_a_peer(tmp_path):
+    body = """
+[[case]]
+workload = "train_step"
+models = ["griffin-tiny"]
+impls = ["ours-torch-optimized", "ours-jax-reference", "recurrentgemma-torch"]
+batch = 2
+seq_len = 16
+checkpoint = 1
+"""
+    records = run_suite(write_suite(tmp_path, body), tmp_path / "out.jsonl")
+    by_impl = {r["impl"]: r for r in records}
+    for impl in ("ours-torch-optimized", "ours-jax-reference"):
+        rec = by_impl[impl]
+        assert rec["status"] == "ok", rec.get("error")
+        assert rec["params"]["checkpoint"] == 1 and "checkpoint=1" in rec["key"]
+        assert rec["correctness"]["passed"]
+    peer = by_impl["recurrentgemma-torch"]
+    assert peer["status"] == "unavailable"
+    assert "offers no activation checkpointing" in peer["error"]
+
+
 def test_missing_dependency_is_unavailable_not_a_fallback(monkeypatch, tmp_path):
     ghost = catalog.Implementation(
         "ghost", "torch", "bench.impls.ours_torch", ("no_such_module_xyz",), "peer", "test"
@@ -505,6 +527,11 @@ def test_records_load_tolerates_damage(tmp_path):
         (
             '[[case]]\nworkload = "train_step"\nmodels = ["hawk-tiny"]\nseq_len = 8',
             "exactly one of batch, tokens_per_batch",
+        ),
+        (
+            '[[case]]\nworkload = "train_step"\nmodels = ["hawk-tiny"]\nseq_len = 8\n'
+            "batch = 1\ncheckpoint = 2",
+            "checkpoint must be 1 (activation checkpointing on) or left out (off), got 2",
         ),
         (
             '[[case]]\nworkload = "prefill"\nmodels = ["hawk-tiny"]\nprompt = 8\ndtype = "fp8"',

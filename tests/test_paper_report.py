@@ -130,6 +130,29 @@ def test_training_verdict_holds_or_fails_with_the_ratio_at_the_longest_length(pa
     assert missing["verdict"] == "not measured" and "no Griffin record" in missing["text"]
 
 
+def test_checkpointed_training_is_a_size_of_its_own(tmp_path):
+    def ckpt(model, seq_len, ms):
+        p = {
+            "batch": 16384 // seq_len,
+            "checkpoint": 1,
+            "seq_len": seq_len,
+            "tokens_per_batch": 16384,
+        }
+        return record("train_step", model, IMPL, p, ms=ms)
+
+    extra = [ckpt("mqa-1b", 2048, 130.0), ckpt("mqa-1b", 8192, 260.0), ckpt("hawk-1b", 8192, 300.0)]
+    path = tmp_path / "ckpt.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*RECORDS, *extra]))
+    df, _, _ = data.load([path])
+    v = paper.verdicts(df, "fig-train")
+    plain = v[(v["family"] == "hawk") & (v["impl"] == IMPL) & (v["size"] == "1b")]
+    assert len(plain) == 1 and plain.iloc[0]["ratio"] == pytest.approx(0.95)  # not mixed
+    (ck,) = v[(v["family"] == "hawk") & (v["size"] == "1b, checkpointed")].itertuples()
+    assert ck.verdict == "does not hold" and ck.ratio == pytest.approx(300 / 260)
+    fig = figures.train_vs_length(df)
+    assert {"size 1b", "size 1b, checkpointed"} <= {a.text for a in fig.fig.layout.annotations}
+
+
 def test_decode_verdict_not_measured_when_a_record_is_missing_failed_or_out_of_memory(
     paper_file,
 ):

@@ -7,9 +7,11 @@ handle.fresh(cache, steps)           -> a cache that decode may consume for `ste
                                         (a copy when decode mutates its cache in place, else
                                         the same object; room for the steps reserved up front
                                         where the implementation preallocates)
-handle.train_step()                  -> (step(tokens, pos, targets) -> loss, restore())
+handle.train_step(checkpoint=False)  -> (step(tokens, pos, targets) -> loss, restore())
                                         forward + cross-entropy + backward + AdamW; restore()
-                                        puts back the weights the handle was built with
+                                        puts back the weights the handle was built with;
+                                        checkpoint=True: activation checkpointing (raises
+                                        NotOffered where not offered: `unavailable`)
 handle.cache_nbytes(cache)           -> bytes held by a cache
 handle.reads_reserve                 (optional, default False) True when a decode step reads
                                         the whole reserved cache, not only its filled part: its
@@ -23,6 +25,17 @@ import dataclasses
 from functools import partial
 
 LEARNING_RATE = 1e-5
+
+
+class NotOffered(Exception):
+    """An implementation does not offer what a point asks (recorded `unavailable`, not `error`)."""
+
+
+def no_checkpointing(name: str) -> NotOffered:
+    return NotOffered(
+        f"{name} offers no activation checkpointing (train_step checkpoint = 1): our "
+        f"implementations only"
+    )
 
 
 def global_attention(cfg) -> bool:
@@ -88,26 +101,33 @@ def torch_train_step(model, logits_fn, loss_fn=None):
     return step, restore
 
 
-def jax_train_step(loss_logits_fn, params, static_of=None):
+def jax_train_step(loss_logits_fn, params, static_of=None, prepare=None, head=None):
     """A jitted training step for a JAX model: forward, float32 cross-entropy, backward, AdamW.
 
     `loss_logits_fn(params, tokens, pos) -> logits`. Params are threaded functionally (donated),
     so the handle's own params are untouched and restore() has nothing to do. With `static_of`,
     `static_of(pos)` (a hashable, computed on the host before each step) is passed to
-    loss_logits_fn as a fourth, static argument: one compilation per value.
+    loss_logits_fn as a fourth, static argument: one compilation per value. `prepare(params)`,
+    when given, makes the trained copy of the params in the layout loss_logits_fn takes (new
+    arrays: e.g. models.jax.model.stack_blocks), once, before the first step. With
+    `head(params, features) -> logits`, loss_logits_fn returns the features before the output
+    layer and the loss is `chunked_nll`'s (no [b, t, vocab] logits in memory).
     """
     import jax
     import jax.numpy as jnp
     import optax
 
     opt = optax.adamw(LEARNING_RATE)
-    params = jax.tree_util.tree_map(jnp.copy, params)  # donated below; the handle keeps its own
+    # donated below; the handle keeps its own
+    params = prepare(params) if prepare else jax.tree_util.tree_map(jnp.copy, params)
     state = {"params": params, "opt": opt.init(params)}
 
     def loss_fn(p, tokens, pos, targets, static):
         extra = () if static_of is None else (static,)
-        logits = loss_logits_fn(p, tokens, pos, *extra).astype(jnp.float32)
-        logp = jax.nn.log_softmax(logits, axis=-1)
+        out = loss_logits_fn(p, tokens, pos, *extra)
+        if head is not None:
+            return chunked_nll(lambda h: head(p, h), out, targets)
+        logp = jax.nn.log_softmax(out.astype(jnp.float32), axis=-1)
         return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
 
     @partial(jax.jit, donate_argnums=(0, 1), static_argnums=5)
@@ -124,3 +144,30 @@ def jax_train_step(loss_logits_fn, params, static_of=None):
         return loss
 
     return step, lambda: None
+
+
+def chunked_nll(head, features, targets, chunk_tokens: int = 2048):
+    """Mean float32 next-token cross-entropy of `head(features)` (logits), computed over chunks
+    of tokens in one jax.lax.scan, each chunk rematerialised in the backward pass
+    (jax.checkpoint): only one chunk's logits are ever in memory, at the cost of recomputing the
+    output layer. features [b, t, d], targets [b, t]; a chunk holds gcd(b*t, chunk_tokens)
+    tokens."""
+    import math
+
+    import jax
+    import jax.numpy as jnp
+
+    n, d = features.shape[0] * features.shape[1], features.shape[-1]
+    c = math.gcd(n, chunk_tokens)
+
+    @jax.checkpoint
+    def chunk_sum(h, y):
+        logp = jax.nn.log_softmax(head(h[None]).astype(jnp.float32)[0], axis=-1)
+        return -jnp.sum(jnp.take_along_axis(logp, y[:, None], axis=-1))
+
+    def body(total, hy):
+        return total + chunk_sum(*hy), None
+
+    xs = (features.reshape(n // c, c, d), targets.reshape(n // c, c))
+    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), xs)
+    return total / n

@@ -35,10 +35,19 @@ class Handle:
         never changes its input cache."""
         return reserve(self.jm.config, cache, steps)
 
-    def train_step(self):
-        from models.jax.model import run
+    def train_step(self, checkpoint: bool = False):
+        from models.jax.model import logits_from, run, run_stacked, stack_blocks
 
         cfg = self.jm.config
+        if checkpoint:  # each repeat of the block pattern and each chunk of the loss rematerialised
+            return jax_train_step(
+                lambda p, tokens, pos: run_stacked(
+                    cfg, p, tokens, pos, checkpoint=True, features=True
+                ),
+                self.params,
+                prepare=lambda params: stack_blocks(cfg, params),
+                head=lambda p, h: logits_from(cfg, p, h),
+            )
         return jax_train_step(
             lambda p, tokens, pos: run(cfg, p, tokens, pos, None, 0, False)[0], self.params
         )

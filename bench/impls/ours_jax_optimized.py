@@ -3,7 +3,10 @@
 The same params pytree as ours-jax-reference. Decode donates its cache (consumed: the arrays are
 reused for the new cache), so `fresh` hands decode a copy of the prefilled cache. The training
 step is a jitted forward + cross-entropy + backward + AdamW (as base.jax_train_step) through
-the Pallas RG-LRU backward; whether the batch holds one document per row (the causal attention
+the Pallas RG-LRU backward, its blocks one jax.lax.scan over the repeats of the block pattern
+(models.jax.model.run_stacked: the step compiles the pattern once, not every block; with
+checkpoint=True each repeat, and each chunk of the loss (base.chunked_nll), is rematerialised
+in the backward pass); whether the batch holds one document per row (the causal attention
 fast path) is looked up on the host once per new segment_pos array, a static argument of the step.
 """
 
@@ -23,19 +26,28 @@ class Handle(ours_jax.Handle):
         # decode consumes (donates) its input cache: a copy, grown for the steps first
         return copy_cache(ours_jax.reserve(self.jm.config, cache, steps))
 
-    def train_step(self):
+    def train_step(self, checkpoint: bool = False):
         from bench.impls.base import jax_train_step
-        from models.jax.model import run
+        from models.jax.model import logits_from, run_stacked, stack_blocks
         from models.jax.optimized import one_document_asker
 
         cfg = self.jm.config
 
         return jax_train_step(
-            lambda p, tokens, pos, one: run(
-                cfg, p, tokens, pos, None, 0, False, impl="optimized", one_document=one
-            )[0],
+            lambda p, tokens, pos, one: run_stacked(
+                cfg,
+                p,
+                tokens,
+                pos,
+                impl="optimized",
+                one_document=one,
+                checkpoint=checkpoint,
+                features=checkpoint,
+            ),
             self.params,
             static_of=one_document_asker(),
+            prepare=lambda params: stack_blocks(cfg, params),
+            head=(lambda p, h: logits_from(cfg, p, h)) if checkpoint else None,
         )
 
 

@@ -38,8 +38,14 @@ class Handle:
         ]
         return Cache(grown, cache.length)
 
-    def train_step(self):
-        return torch_train_step(self.model, self.model)
+    def train_step(self, checkpoint: bool = False):
+        model = self.model
+        if checkpoint:  # activation checkpointing per residual block
+            return torch_train_step(
+                model,
+                lambda tokens, pos: model.logits(model.features(tokens, pos, checkpoint=True)),
+            )
+        return torch_train_step(model, model)
 
     def cache_nbytes(self, cache) -> int:
         return cache.nbytes()

@@ -57,13 +57,17 @@ class Handle(ours_torch.Handle):
             return cache.step(token, pos), cache
         return super().decode(token, pos, cache)
 
-    def train_step(self):
+    def train_step(self, checkpoint: bool = False):
         from bench.impls.base import torch_train_step
         from models.torch.optimized import chunked_loss
 
         model = self.model
         return torch_train_step(
-            model, model, lambda tokens, pos, targets: chunked_loss(model, tokens, pos, targets)
+            model,
+            model,
+            lambda tokens, pos, targets: chunked_loss(
+                model, tokens, pos, targets, checkpoint=checkpoint
+            ),
         )
 
     def cache_nbytes(self, cache) -> int:

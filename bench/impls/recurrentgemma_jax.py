@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from bench.impls.base import jax_train_step, tree_nbytes
+from bench.impls.base import jax_train_step, no_checkpointing, tree_nbytes
 from models.config import recurrentgemma_incompatibility
 
 
@@ -33,7 +33,9 @@ class Handle:
     def fresh(self, cache, steps):
         return cache
 
-    def train_step(self):
+    def train_step(self, checkpoint: bool = False):
+        if checkpoint:
+            raise no_checkpointing("recurrentgemma-jax")
         module = self.module
         return jax_train_step(
             lambda v, tokens, pos: module.apply(v, tokens, pos, return_cache=False)[0],

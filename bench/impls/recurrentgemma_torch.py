@@ -13,7 +13,7 @@ import copy
 
 import torch
 
-from bench.impls.base import torch_train_step, tree_nbytes
+from bench.impls.base import no_checkpointing, torch_train_step, tree_nbytes
 from models.config import recurrentgemma_incompatibility
 
 
@@ -38,7 +38,9 @@ class Handle:
     def fresh(self, cache, steps):
         return copy.deepcopy(cache)
 
-    def train_step(self):
+    def train_step(self, checkpoint: bool = False):
+        if checkpoint:
+            raise no_checkpointing("recurrentgemma-torch")
         return torch_train_step(
             self.rg, lambda tokens, pos: self.rg(tokens, pos, return_cache=False)[0]
         )

@@ -10,7 +10,7 @@ import inspect
 
 import torch
 
-from bench.impls.base import torch_train_step, tree_nbytes
+from bench.impls.base import no_checkpointing, torch_train_step, tree_nbytes
 from models.config import gemma_incompatibility
 
 
@@ -44,7 +44,9 @@ class Handle:
     def fresh(self, cache, steps):
         return copy.deepcopy(cache)
 
-    def train_step(self):
+    def train_step(self, checkpoint: bool = False):
+        if checkpoint:
+            raise no_checkpointing("transformers-gemma")
         return torch_train_step(
             self.hf, lambda tokens, pos: self.hf(tokens, position_ids=pos, use_cache=False).logits
         )

@@ -114,11 +114,19 @@ def family_size(model: str) -> tuple[str, str]:
 
 def paper_records(df: pd.DataFrame, claim: Claim) -> pd.DataFrame:
     """Every record (any status) of the claim's workload that carries its axis: one per key (the
-    last one read wins, as in data.load), with family and size columns."""
+    last one read wins, as in data.load), with family and size columns; a training step with
+    activation checkpointing is a size of its own ("7b, checkpointed"), never compared with
+    one without."""
     d = df[(df["workload"] == claim.workload) & df[claim.x].notna() & df[claim.needs].notna()]
     d = d.drop_duplicates(subset=["key"], keep="last")
     fs = [family_size(m) for m in d["model"]]
-    return d.assign(family=[f for f, _ in fs], size=[s for _, s in fs])
+    sizes = [s for _, s in fs]
+    if "checkpoint" in d:
+        sizes = [
+            f"{s}, checkpointed" if c == 1 else s
+            for s, c in zip(sizes, d["checkpoint"], strict=True)
+        ]
+    return d.assign(family=[f for f, _ in fs], size=sizes)
 
 
 def _label(name: str, value) -> str:
