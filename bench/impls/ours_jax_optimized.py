@@ -3,10 +3,10 @@
 The same params pytree as ours-jax-reference. Decode donates its cache (consumed: the arrays are
 reused for the new cache), so `fresh` hands decode a copy of the prefilled cache. The training
 step is a jitted forward + cross-entropy + backward + AdamW (as base.jax_train_step) through
-the Pallas RG-LRU backward, its blocks one jax.lax.scan over the repeats of the block pattern
-(models.jax.model.run_stacked: the step compiles the pattern once, not every block; with
-checkpoint=True each repeat, and each chunk of the loss (base.chunked_nll), is rematerialised
-in the backward pass); whether the batch holds one document per row (the causal attention
+the Pallas RG-LRU backward; with checkpoint=True its blocks run as one jax.lax.scan over the
+repeats of the block pattern (models.jax.model.run_stacked), each repeat and each chunk of the
+loss (base.chunked_nll) rematerialised in the backward pass (the unrolled blocks are the
+default: on the H200 the scan cost 10-18% of a 400M step without checkpointing); whether the batch holds one document per row (the causal attention
 fast path) is looked up on the host once per new segment_pos array, a static argument of the step.
 """
 
@@ -28,26 +28,33 @@ class Handle(ours_jax.Handle):
 
     def train_step(self, checkpoint: bool = False):
         from bench.impls.base import jax_train_step
-        from models.jax.model import logits_from, run_stacked, stack_blocks
+        from models.jax.model import logits_from, run, run_stacked, stack_blocks
         from models.jax.optimized import one_document_asker
 
         cfg = self.jm.config
-
+        if checkpoint:
+            return jax_train_step(
+                lambda p, tokens, pos, one: run_stacked(
+                    cfg,
+                    p,
+                    tokens,
+                    pos,
+                    impl="optimized",
+                    one_document=one,
+                    checkpoint=True,
+                    features=True,
+                ),
+                self.params,
+                static_of=one_document_asker(),
+                prepare=lambda params: stack_blocks(cfg, params),
+                head=lambda p, h: logits_from(cfg, p, h),
+            )
         return jax_train_step(
-            lambda p, tokens, pos, one: run_stacked(
-                cfg,
-                p,
-                tokens,
-                pos,
-                impl="optimized",
-                one_document=one,
-                checkpoint=checkpoint,
-                features=checkpoint,
-            ),
+            lambda p, tokens, pos, one: run(
+                cfg, p, tokens, pos, None, 0, False, impl="optimized", one_document=one
+            )[0],
             self.params,
             static_of=one_document_asker(),
-            prepare=lambda params: stack_blocks(cfg, params),
-            head=(lambda p, h: logits_from(cfg, p, h)) if checkpoint else None,
         )
 
 
