@@ -158,10 +158,11 @@ def run_stacked(
 ):
     """Logits for every position of a fresh stream (as `run`), from params of `stack_blocks`
     (features=True: the residual stream after the last block instead, for `logits_from`):
-    one jax.lax.scan over the repeats of the block pattern, so that a training step compiles
-    the pattern's blocks once, not every block (XLA's compile time grows with the unrolled
-    depth). checkpoint=True rematerialises each repeat in the backward pass (jax.checkpoint:
-    only the residual stream between repeats is kept, the activations inside are recomputed)."""
+    one jax.lax.scan over the repeats of the block pattern (the pattern's blocks compiled once).
+    checkpoint=True rematerialises each repeat in the backward pass (jax.checkpoint: only the
+    residual stream between repeats is kept, the activations inside are recomputed), the use
+    the training step makes of it; without checkpointing the unrolled `run` trains faster (on
+    the H200 a 400M step through the scan took 1.02-1.33x torch's, unrolled 0.93-0.97x)."""
     kinds = cfg.block_types
     period = len(cfg.block_pattern)
 
