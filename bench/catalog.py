@@ -154,7 +154,8 @@ def implementation(name: str, kind: str | None = None) -> Implementation:
 
 # names that run several suites one after another, each into its own records file
 SUITE_GROUPS: dict[str, tuple[str, ...]] = {
-    "paper": ("paper-fig3", "paper-fig4", "paper-fig1b"),
+    "paper-fig3": ("paper-fig3-400m", "paper-fig3-1b", "paper-fig3-7b"),
+    "paper": ("paper-fig3-400m", "paper-fig3-1b", "paper-fig3-7b", "paper-fig4", "paper-fig1b"),
 }
 
 

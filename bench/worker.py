@@ -35,6 +35,8 @@ TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
 # kernels against their float64 _ref: float32 arithmetic stays far below 1e-4; bf16 inputs and
 # outputs carry their rounding (2^-9) into outputs and gradients (the kernel tests' rule)
 KERNEL_TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 5e-3}
+# the gate's allowance over the reference's own rounding error in the case dtype (gate_tolerance)
+FLOOR_MARGIN = 1.5
 STICKY_ERRORS = (
     "illegal memory access",
     "CUDA error",
@@ -139,12 +141,15 @@ def run_ceilings(job: dict) -> dict:
 
 def run_reference(job: dict, emit) -> None:
     """Reference outputs (ours-torch-reference in float32 on the case's weights) for every gate
-    key of one (model, dtype); float32 falls back to the case dtype if it does not fit."""
+    key of one (model, dtype); float32 falls back to the case dtype if it does not fit. A case in
+    a lower precision also records the reference's own error in that precision (its `floor`, see
+    gate_tolerance), on the same weights and inputs."""
     import torch
 
     from bench import catalog
     from bench.backends import TorchBackend
     from bench.impls import ours_torch
+    from bench.kernel_workloads import rel_errors
     from bench.workloads import input_seed, workload
     from models.config import preset
 
@@ -154,21 +159,41 @@ def run_reference(job: dict, emit) -> None:
         return _kernel_references(job, points, emit)
     cfg = preset(model)
     backend = TorchBackend(device)
+    todo = [
+        p
+        for p in points
+        if not _gate_path(job["gate_dir"], p.gate_key).with_suffix(".npz").exists()
+    ]
+
+    def outputs(handle, p):
+        return workload(p.workload).gate(handle, cfg, p.param_dict, input_seed(p.input_key))
+
+    source, low = None, {}
+    if dtype != "float32":
+        try:
+            source = source_model(model, dtype, device)
+            handle = ours_torch.build(source, dtype, backend)
+            low = {p.gate_key: outputs(handle, p) for p in todo}
+        except Exception:  # no floor (the gate keeps the fixed tolerance); the pass below reports
+            source, low = None, {}
+            backend.free()
+        handle = None
     attempts = ["float32", dtype] if dtype != "float32" else ["float32"]
     error = None
     for ref_dtype in attempts:
         try:
-            source = source_model(model, dtype, device).to(getattr(torch, ref_dtype))
+            if source is None:
+                source = source_model(model, dtype, device)
+            source = source.to(getattr(torch, ref_dtype))
             handle = ours_torch.build(source, ref_dtype, backend)
-            for p in points:
+            for p in todo:
                 path = _gate_path(job["gate_dir"], p.gate_key)
-                if path.with_suffix(".npz").exists():
-                    continue
-                out = workload(p.workload).gate(handle, cfg, p.param_dict, input_seed(p.input_key))
+                out = outputs(handle, p)
+                info = {"reference": catalog.REFERENCE, "reference_dtype": ref_dtype}
+                if ref_dtype != dtype and p.gate_key in low:
+                    info["floor"] = max(rel_errors(low[p.gate_key], out).values())
                 np.savez(path.with_suffix(".npz"), **out)
-                path.with_suffix(".json").write_text(
-                    json.dumps({"reference": catalog.REFERENCE, "reference_dtype": ref_dtype})
-                )
+                path.with_suffix(".json").write_text(json.dumps(info))
                 emit("ref", p.gate_key)  # progress, for the runner's timeout
             return
         except Exception as exc:
@@ -183,6 +208,16 @@ def run_reference(job: dict, emit) -> None:
         path = _gate_path(job["gate_dir"], p.gate_key)
         if not path.with_suffix(".npz").exists():
             path.with_suffix(".err").write_text(msg)
+
+
+def gate_tolerance(dtype: str, ref_info: dict) -> float:
+    """The gate's tolerance: the dtype's (TOLERANCE), or FLOOR_MARGIN times the reference's own
+    error in the case dtype where that is larger. The reference in bfloat16 is the official
+    numerics rounded as the official code rounds them; an implementation as far from float32
+    as that (within a different, equally valid order of roundings) is correct, and on the H200
+    the plain bfloat16 models reached 0.05 at Hawk-7B's depth (0.049-0.052) by rounding alone."""
+    floor = ref_info.get("floor")
+    return max(TOLERANCE[dtype], FLOOR_MARGIN * floor) if floor is not None else TOLERANCE[dtype]
 
 
 def _kernel_references(job: dict, points, emit) -> None:
@@ -345,7 +380,7 @@ def run_measure(job: dict, emit) -> int:
             ref, ref_info = _reference(job["gate_dir"], p.gate_key)
             out = wl.gate(handle, cfg, params, seed)
             errs = rel_errors(out, ref)
-            err, tol = max(errs.values()), TOLERANCE[dtype]
+            err, tol = max(errs.values()), gate_tolerance(dtype, ref_info)
             rec["correctness"] = {
                 **ref_info,
                 "rel_err": err,

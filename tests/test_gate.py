@@ -7,7 +7,7 @@ from fake_impls import small_memory, spec
 from test_harness import run_suite, write_suite
 
 from bench import catalog, suite
-from bench.worker import source_model
+from bench.worker import FLOOR_MARGIN, gate_tolerance, source_model
 from bench.workloads import GATE_STEPS, Throughput, gate_plan, sequence_bytes
 from models.config import preset
 
@@ -115,6 +115,26 @@ def test_bfloat16_against_the_float32_reference_passes(tmp_path):
     assert len(records) == 12
     bad = [(r["model"], r["impl"], r["params"], r["error"]) for r in records if r["status"] != "ok"]
     assert not bad
+    for r in records:  # the reference's own bfloat16 error is recorded, and sets the tolerance
+        c = r["correctness"]
+        assert c["reference_dtype"] == "float32" and 0 < c["floor"] < 0.05
+        assert c["tol"] == gate_tolerance("bfloat16", c) == max(0.05, FLOOR_MARGIN * c["floor"])
+
+
+def test_the_tolerance_follows_the_references_own_rounding():
+    assert gate_tolerance("bfloat16", {}) == 0.05  # no floor: the dtype's
+    assert gate_tolerance("bfloat16", {"floor": 0.02}) == 0.05
+    assert gate_tolerance("bfloat16", {"floor": 0.052}) == pytest.approx(FLOOR_MARGIN * 0.052)
+    assert gate_tolerance("float32", {"reference_dtype": "float32"}) == 1e-4
+
+
+def test_a_planted_defect_in_bfloat16_is_still_a_mismatch(monkeypatch, tmp_path):
+    """The floor of the bfloat16 reference does not hide a real defect past the window."""
+    with_fakes(monkeypatch, "ring_off_by_one")
+    body = _case("griffin-tiny", ["fake-ring_off_by_one"], [12], [16], dtype="bfloat16")
+    (r,) = run_suite(write_suite(tmp_path, body), tmp_path / "out.jsonl")
+    assert r["status"] == "mismatch", r["error"]
+    assert r["correctness"]["rel_err"] > 3 * r["correctness"]["tol"]
 
 
 THROUGHPUT = """
