@@ -6,7 +6,6 @@ jm, params = from_torch(model)                           our torch Model
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -72,16 +71,9 @@ def to_recurrentgemma(cfg: ModelConfig, params: dict, dtype=None):
 
 def from_torch(model) -> tuple[Model, dict]:
     """Our torch Model as (JAX Model, params); same names, same layouts, same dtypes."""
-    on_gpu = jax.default_backend() == "gpu"
     flat = {}
     for key, tensor in model.state_dict().items():
-        t = tensor.detach()
-        if t.is_cuda and on_gpu:
-            # device to device through DLPack, then a copy JAX owns (the torch model may be freed);
-            # through the host a 7B model took 24 s on the H200, this way 0.6 s
-            flat[key] = jnp.copy(jax.dlpack.from_dlpack(t.contiguous()))
-            continue
-        t = t.cpu()
+        t = tensor.detach().cpu()
         if str(t.dtype) == "torch.bfloat16":  # numpy has no bfloat16
             flat[key] = jnp.asarray(t.float().numpy()).astype(jnp.bfloat16)
         else:
