@@ -166,7 +166,6 @@ def jax_train_step(loss_logits_fn, params, static_of=None, prepare=None, head=No
         )
         return loss
 
-    step.update, step.state = update, state  # for ahead-of-time compilation (update.lower)
     return step, lambda: None
 
 
