@@ -3,6 +3,7 @@
     nox -s regress                        # measure (pytest-benchmark), compare, fail on a slowdown
     nox -s regress -- --save-baseline     # measure and store this device's baseline
     python -m bench.regress check RUN.json [--threshold 0.10] [--save-baseline]
+    python -m bench.regress fresh [--device h200]   # kernel records measured after their code
 
 The measurements are pytest-benchmark runs of tests/regress/test_speed.py: every case is a kernel
 implementation of the catalog (the same adapters the `kernels` suite times) on one shape, each
@@ -26,6 +27,10 @@ applies two rules:
    another, limit 1.0 (the fused kernel no slower than the unfused path it replaces), which a 2x
    slowdown of the fused kernel (1.16-1.6) crosses; the others are printed, not gated.
 
+Beside the check, `python -m bench.regress fresh` (run first by `nox -s regress`): the committed
+kernel records of GATED_DEVICE were measured at or after the last change to their kernels' files
+(fresh_kernel_records).
+
 Refresh a baseline deliberately (`--save-baseline`) after a change that is meant to alter speed,
 or on a new device/driver/library version (a new key starts without a baseline).
 """
@@ -38,6 +43,7 @@ import dataclasses
 import datetime
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -416,6 +422,95 @@ def save_baseline(
     return path
 
 
+# The device whose committed kernel records must keep up with the kernel code: a change to a
+# kernel's files lands only with records of that kernel measured at or after it.
+GATED_DEVICE = "h200"
+# each kernel op's own modules in kernels/ (fresh_kernel_records adds what they import there)
+OP_MODULES = {
+    "scan": ("scan", "scan_jax", "pallas"),
+    "rglru": ("rglru", "rglru_jax", "pallas"),
+    "conv1d": ("conv1d", "conv1d_jax"),
+}
+
+
+def kernel_sources(op: str, root: Path = ROOT) -> list[str]:
+    """The files under kernels/ that an op's kernels run: its modules and, transitively, the
+    kernels modules they import (e.g. kernels/_triton.py), as repository paths."""
+    import ast
+
+    todo, seen = list(OP_MODULES[op]), set()
+    while todo:
+        name = todo.pop()
+        path = root / "kernels" / f"{name}.py"
+        if name in seen or not path.exists():
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module.startswith("kernels."):
+                    todo.append(node.module.split(".", 1)[1])
+                elif node.module == "kernels":
+                    todo += [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                todo += [
+                    a.name.split(".", 1)[1] for a in node.names if a.name.startswith("kernels.")
+                ]
+    return sorted(f"kernels/{n}.py" for n in seen)
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+
+
+def fresh_kernel_records(root: Path = ROOT, device: str = GATED_DEVICE) -> tuple[list, list]:
+    """(failures, notes): every kernel op recorded in results/DEVICE/kernels*.jsonl (the newest
+    record of each point) must have been measured at a commit that contains the last change to
+    that op's kernel files; a record of a commit outside this history, or of a tree with
+    uncommitted changes, cannot vouch for the code and fails too."""
+    from bench.results import latest, read_records
+
+    failures, notes = [], []
+    paths = sorted((root / "results" / device).glob("kernels*.jsonl"))
+    if not paths:
+        return [], [f"no {device} kernel records committed (results/{device}/kernels*.jsonl)"]
+    if _git(root, "rev-parse", "--is-shallow-repository").stdout.strip() != "false":
+        return [], ["not a full git checkout: the records' commits cannot be checked"]
+    for path in paths:
+        rel = path.relative_to(root)
+        records, problems = read_records(path)
+        failures += problems  # a line the check cannot read vouches for nothing
+        # a record without its commit (a crashed point's) takes its run's
+        run_sha = {
+            r["run_id"]: r["env"]["git_sha"] for r in records if (r.get("env") or {}).get("git_sha")
+        }
+        by_op: dict[str, dict[str, int]] = {}
+        for rec in latest(records).values():
+            op = str(rec.get("workload", "")).removeprefix("kernel_")
+            if op in OP_MODULES:
+                sha = (rec.get("env") or {}).get("git_sha") or run_sha.get(rec.get("run_id"))
+                sha = sha or "unknown"
+                by_op.setdefault(op, {}).setdefault(sha, 0)
+                by_op[op][sha] += 1
+        for op, shas in sorted(by_op.items()):
+            files = kernel_sources(op, root)
+            last = _git(root, "log", "-1", "--format=%H", "--", *files).stdout.strip()
+            for sha, n in sorted(shas.items()):
+                what = f"{rel}: {n} {op} record(s) of {sha[:12]}"
+                if sha.endswith("-dirty") or sha == "unknown":
+                    failures.append(f"{what}: not measured at a commit; measure them again")
+                elif _git(root, "cat-file", "-e", f"{sha}^{{commit}}").returncode:
+                    failures.append(f"{what}: that commit is not in this history")
+                elif last and _git(root, "merge-base", "--is-ancestor", last, sha).returncode:
+                    failures.append(
+                        f"{what} predate {last[:12]}, the last change to {', '.join(files)}: "
+                        f"measure them again on the {device.upper()} (python -m bench run "
+                        f"{path.stem} --force --out results/{device})"
+                    )
+                else:
+                    notes.append(f"{what}: at or after the last change to {op}'s kernels")
+    return failures, notes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.regress")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -431,7 +526,19 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument("--save-baseline", action="store_true", help="store this run as the baseline")
     p.add_argument("--baselines", default=str(BASELINES), help="baseline folder")
+    f = sub.add_parser(
+        "fresh", help=f"the committed {GATED_DEVICE} kernel records: measured after their code?"
+    )
+    f.add_argument("--device", default=GATED_DEVICE, help="results/DEVICE to check")
     args = parser.parse_args(argv)
+    if args.command == "fresh":
+        failures, notes = fresh_kernel_records(ROOT, args.device)
+        for line in notes:
+            print("  ok   " + line)
+        for line in failures:
+            print("  FAIL " + line)
+        print(f"{len(failures)} stale kernel record group(s) in results/{args.device}")
+        return 1 if failures else 0
     doc = json.loads(Path(args.run).read_text())
     run = medians(doc)
     if not run:

@@ -273,3 +273,98 @@ def test_baselines_are_valid_json_keyed_by_their_file_name():
     for path in sorted((ROOT / "results" / "baselines").glob("*.json")):
         doc = json.loads(path.read_text())
         assert doc["device_key"] == path.stem and doc["medians_s"], path
+
+
+def _repo(tmp_path):
+    """A git repository with kernels/{_triton,scan,conv1d}.py; returns (root, commit)."""
+    root = tmp_path / "repo"
+    (root / "kernels").mkdir(parents=True)
+    (root / "kernels" / "_triton.py").write_text("X = 1\n")
+    (root / "kernels" / "scan.py").write_text("from kernels._triton import X\n")
+    (root / "kernels" / "conv1d.py").write_text("from kernels.scan import X\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+
+    def commit(msg):
+        subprocess.run([*git, "add", "-A"], cwd=root, check=True)
+        subprocess.run([*git, "commit", "-qm", msg], cwd=root, check=True)
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    return root, commit
+
+
+def _kernel_records(root, device, rows):
+    path = root / "results" / device / "kernels.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        {
+            "schema": 1,
+            "run_id": run,
+            "key": f"{op}|{i}",
+            "workload": f"kernel_{op}",
+            "model": "-",
+            "impl": "ours-triton",
+            "status": "ok",
+            "env": {"git_sha": sha} if sha else None,
+        }
+        for i, (op, sha, run) in enumerate(rows)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def test_kernel_sources_follow_the_imports_inside_kernels(tmp_path):
+    root, _ = _repo(tmp_path)
+    assert regress.kernel_sources("conv1d", root) == [
+        "kernels/_triton.py", "kernels/conv1d.py", "kernels/scan.py",
+    ]  # fmt: skip
+    assert "kernels/_triton.py" in regress.kernel_sources("scan")  # the real tree
+
+
+def test_a_kernel_change_without_fresh_records_fails_naming_them(tmp_path):
+    root, commit = _repo(tmp_path)
+    first = commit("kernels")
+    _kernel_records(root, "h200", [("scan", first, "r1"), ("conv1d", first, "r1")])
+    commit("records")
+    failures, notes = regress.fresh_kernel_records(root, "h200")
+    assert not failures and len(notes) == 2
+    # a change to the conv1d kernel alone: its records are stale, the scan's are not
+    (root / "kernels" / "conv1d.py").write_text("from kernels.scan import X\nY = 2\n")
+    changed = commit("conv1d faster")
+    failures, notes = regress.fresh_kernel_records(root, "h200")
+    assert len(failures) == 1 and len(notes) == 1
+    assert "results/h200/kernels.jsonl: 1 conv1d record(s)" in failures[0]
+    assert f"predate {changed[:12]}" in failures[0] and "kernels/conv1d.py" in failures[0]
+    # a change to a file both import (kernels/_triton.py) makes both stale
+    (root / "kernels" / "_triton.py").write_text("X = 3\n")
+    commit("triton helper")
+    failures, _ = regress.fresh_kernel_records(root, "h200")
+    assert len(failures) == 2
+    # measured again: fresh; a crashed point's record takes its run's commit
+    again = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True
+    ).stdout.strip()
+    _kernel_records(root, "h200", [("scan", again, "r2"), ("conv1d", None, "r2")])
+    failures, notes = regress.fresh_kernel_records(root, "h200")
+    assert not failures and len(notes) == 2
+
+
+def test_records_that_cannot_vouch_for_a_commit_fail(tmp_path):
+    root, commit = _repo(tmp_path)
+    head = commit("kernels")
+    _kernel_records(
+        root, "h200",
+        [("scan", head + "-dirty", "a"), ("rglru", "0" * 40, "b"), ("conv1d", None, "c")],
+    )  # fmt: skip
+    failures, _ = regress.fresh_kernel_records(root, "h200")
+    assert len(failures) == 3
+    assert any("not in this history" in f for f in failures)
+    assert sum("not measured at a commit" in f for f in failures) == 2
+
+
+def test_no_records_of_the_gated_device_is_said_not_failed(tmp_path):
+    root, commit = _repo(tmp_path)
+    commit("kernels")
+    failures, notes = regress.fresh_kernel_records(root, "h200")
+    assert not failures and "no h200 kernel records" in notes[0]
