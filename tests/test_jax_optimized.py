@@ -331,3 +331,67 @@ def test_stacked_blocks_equal_the_unrolled_loss_and_gradients(name, impl, checkp
     assert len(flat_ref) == len(flat)
     for (path, g_ref), g in zip(flat_ref, flat, strict=True):
         assert rel_err(g, g_ref) <= TOL, jax.tree_util.keystr(path)
+
+
+@pytest.mark.parametrize(
+    "cap, dtype", [(0.0, jnp.float32), (30.0, jnp.float32), (5.0, jnp.bfloat16)]
+)
+def test_linear_cross_entropy_equals_the_loss_of_the_logits(cap, dtype):
+    """The fused chunked loss (gradients in the forward pass) against autodiff of the plain
+    cross-entropy of cap(x @ w.T): the loss and both gradients, over chunks that divide n
+    unevenly (n = 24, chunk 16: gcd 8, three chunks)."""
+    from models.jax.optimized import linear_cross_entropy
+
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+    n, d, v = 24, 16, 40
+    x = jax.random.normal(k1, (n, d)).astype(dtype)
+    w = (jax.random.normal(k2, (v, d)) * 0.5).astype(dtype)
+    targets = jax.random.randint(k3, (n,), 0, v)
+
+    def plain(x, w):
+        z = (x @ w.T).astype(jnp.float32)
+        z = jnp.tanh(z / cap) * cap if cap else z
+        logp = jax.nn.log_softmax(z, axis=-1)
+        return -jnp.mean(jnp.take_along_axis(logp, targets[:, None], axis=-1))
+
+    fused = jax.jit(lambda x, w: linear_cross_entropy(x, w, targets, cap, 16))
+    (lr, (gxr, gwr)) = jax.value_and_grad(plain, argnums=(0, 1))(x, w)
+    (lf, (gxf, gwf)) = jax.value_and_grad(fused, argnums=(0, 1))(x, w)
+    tol = TOL if dtype == jnp.float32 else 2e-2
+    assert lf.dtype == jnp.float32 and rel_err(lf, lr) <= tol
+    assert gxf.dtype == dtype and gwf.dtype == dtype
+    assert rel_err(gxf, gxr) <= tol and rel_err(gwf, gwr) <= tol
+    # a scaled cotangent scales the gradients (the backward multiplies what the forward made)
+    g2 = jax.grad(lambda x: 3.0 * fused(x, w))(x)
+    assert rel_err(g2, 3.0 * gxf) <= tol
+
+
+def test_the_optimized_training_loss_equals_the_reference_logits_loss():
+    """chunked_loss on the features equals the cross-entropy of logits_from on them, through
+    the final norm, for a model with a soft cap (griffin-tiny's blocks)."""
+    from models.jax.model import run
+    from models.jax.optimized import chunked_loss
+
+    cfg = dataclasses.replace(config("griffin-tiny"), logits_soft_cap=3.0)  # a cap that bites
+    _, _, params = models_for("griffin-tiny")
+    tokens, pos = data(2, 16, "griffin-tiny", {}, seed=5)
+    targets = jnp.roll(tokens, -1, axis=1)
+
+    def via_logits(p):
+        logits = run(cfg, p, tokens, pos, None, 0, False)[0]
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
+
+    def fused(p):
+        h = run(cfg, p, tokens, pos, None, 0, False, "features")[0]
+        return chunked_loss(cfg, p, h, targets, chunk_tokens=8)
+
+    loss_ref, grads_ref = jax.value_and_grad(via_logits)(params)
+    loss, grads = jax.jit(jax.value_and_grad(fused))(params)
+    assert rel_err(loss, loss_ref) <= TOL
+    for (path, g_ref), g in zip(
+        jax.tree_util.tree_leaves_with_path(grads_ref),
+        jax.tree_util.tree_leaves(grads),
+        strict=True,
+    ):
+        assert rel_err(g, g_ref) <= TOL, jax.tree_util.keystr(path)

@@ -395,7 +395,8 @@ def test_a_broken_chained_forward_fails_the_check(monkeypatch):
     kernel = P._scan_fwd_chained_kernel
     with monkeypatch.context() as m:
         m.setattr(P, "_scan_fwd_chained_kernel", lambda *r, t, **kw: kernel(*r, t=t - 1, **kw))
-        h_short, _ = P._scan_fwd_chained(a, x, h0, SMALL, True)
+        # unjitted: the jitted one would replay its trace of the intact kernel
+        h_short, _ = P._scan_fwd_chained.__wrapped__(a, x, h0, SMALL, True)
     assert np.isnan(np.asarray(h_short)[:, -1]).all()
     assert np.isfinite(np.asarray(h_short)[:, :-1]).all()
     with pytest.raises(AssertionError):
@@ -527,3 +528,25 @@ def test_mosaic_forward_matches_the_reference_on_gpu(shape):
     check("h_last", out[1], outs64[1], "float32")
     for name, g, g64 in zip(("da", "dx", "dh0"), grads, grads64, strict=True):
         check(name, g, g64, "bfloat16")
+
+
+def test_a_kernel_called_twice_with_one_shape_is_lowered_once():
+    """Each kernel call is a jitted function: a model's blocks calling the same kernel on the
+    same shapes share one lowering (one Triton custom call in the module, called twice) instead
+    of lowering it to Triton IR per call."""
+    b, t, d = 2, 37, 45
+    x, ap = jnp.ones((b, t, d), jnp.bfloat16), jnp.ones((d,), jnp.bfloat16)
+
+    def two_blocks(x, gx, ga, ap):
+        y = P.rg_lru(x, gx, ga, ap, interpret=False)[0]
+        return P.rg_lru(y, gx, ga, ap, interpret=False)[0].astype(jnp.float32).sum()
+
+    text = (
+        jax.jit(jax.grad(two_blocks, argnums=(0, 1, 2, 3)))
+        .trace(x, x, x, ap)
+        .lower(lowering_platforms=("cuda",))
+        .as_text()
+    )
+    calls = [line for line in text.splitlines() if "@__gpu$xla.gpu.triton(" in line]
+    assert len(calls) == 2  # the forward kernel and the backward kernel, once each
+    assert text.count("call @") - len(calls) >= 4  # each called twice

@@ -124,7 +124,7 @@ def torch_train_step(model, logits_fn, loss_fn=None):
     return step, restore
 
 
-def jax_train_step(loss_logits_fn, params, static_of=None, prepare=None, head=None):
+def jax_train_step(loss_logits_fn, params, static_of=None, prepare=None, head=None, loss_of=None):
     """A jitted training step for a JAX model: forward, float32 cross-entropy, backward, AdamW.
 
     `loss_logits_fn(params, tokens, pos) -> logits`. Params are threaded functionally (donated),
@@ -134,7 +134,9 @@ def jax_train_step(loss_logits_fn, params, static_of=None, prepare=None, head=No
     when given, makes the trained copy of the params in the layout loss_logits_fn takes (new
     arrays: e.g. models.jax.model.stack_blocks), once, before the first step. With
     `head(params, features) -> logits`, loss_logits_fn returns the features before the output
-    layer and the loss is `chunked_nll`'s (no [b, t, vocab] logits in memory).
+    layer and the loss is `chunked_nll`'s (no [b, t, vocab] logits in memory). With
+    `loss_of(params, out, targets) -> mean loss`, that is the loss (e.g. a fused chunked loss on the
+    features).
     """
     import jax
     import jax.numpy as jnp
@@ -148,6 +150,8 @@ def jax_train_step(loss_logits_fn, params, static_of=None, prepare=None, head=No
     def loss_fn(p, tokens, pos, targets, static):
         extra = () if static_of is None else (static,)
         out = loss_logits_fn(p, tokens, pos, *extra)
+        if loss_of is not None:
+            return loss_of(p, out, targets)
         if head is not None:
             return chunked_nll(lambda h: head(p, h), out, targets)
         logp = jax.nn.log_softmax(out.astype(jnp.float32), axis=-1)

@@ -3,10 +3,12 @@
 The same params pytree as ours-jax-reference. Decode donates its cache (consumed: the arrays are
 reused for the new cache), so `fresh` hands decode a copy of the prefilled cache. The training
 step is a jitted forward + cross-entropy + backward + AdamW (as base.jax_train_step) through
-the Pallas RG-LRU backward. With checkpoint=True its blocks run as one jax.lax.scan over the
-repeats of the block pattern (models.jax.model.run_stacked), each repeat and each chunk of the
-loss (base.chunked_nll) rematerialised in the backward pass; without, the blocks are unrolled
-(on the H200 a 400M step through the scan took 1.02-1.33x torch's, unrolled 0.93-0.97x).
+the Pallas RG-LRU backward, its loss models.jax.optimized.chunked_loss (as torch's optimized
+model: the output layer and the loss chunk by chunk with their gradients in the forward pass, no
+[b, t, vocab] logits). With checkpoint=True its blocks run as one jax.lax.scan over the repeats
+of the block pattern (models.jax.model.run_stacked), each repeat rematerialised in the backward
+pass; without, the blocks are unrolled (on the H200 a 400M step through the scan took
+1.02-1.33x torch's, unrolled 0.93-0.97x).
 Whether the batch holds one document per row (the causal attention fast path) is looked up on
 the host once per new segment_pos array, a static argument of the step.
 """
@@ -29,10 +31,14 @@ class Handle(ours_jax.Handle):
 
     def train_step(self, checkpoint: bool = False):
         from bench.impls.base import jax_train_step
-        from models.jax.model import logits_from, run, run_stacked, stack_blocks
-        from models.jax.optimized import one_document_asker
+        from models.jax.model import run, run_stacked, stack_blocks
+        from models.jax.optimized import chunked_loss, one_document_asker
 
         cfg = self.jm.config
+
+        def loss_of(p, features, targets):
+            return chunked_loss(cfg, p, features, targets)
+
         if checkpoint:
             return jax_train_step(
                 lambda p, tokens, pos, one: run_stacked(
@@ -48,14 +54,15 @@ class Handle(ours_jax.Handle):
                 self.params,
                 static_of=one_document_asker(),
                 prepare=lambda params: stack_blocks(cfg, params),
-                head=lambda p, h: logits_from(cfg, p, h),
+                loss_of=loss_of,
             )
         return jax_train_step(
             lambda p, tokens, pos, one: run(
-                cfg, p, tokens, pos, None, 0, False, impl="optimized", one_document=one
+                cfg, p, tokens, pos, None, 0, False, "features", impl="optimized", one_document=one
             )[0],
             self.params,
             static_of=one_document_asker(),
+            loss_of=loss_of,
         )
 
 

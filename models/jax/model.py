@@ -114,7 +114,8 @@ def run(
     one_document: bool = False,
 ):
     """The whole stack; cache_blocks None for a fresh stream. Returns (logits, new blocks or None);
-    logits for every position, or for the last one only with logits="last". impl="optimized" runs
+    logits for every position, or for the last one only with logits="last" (logits="features":
+    the residual stream after the last block instead, for a chunked loss). impl="optimized" runs
     the optimized blocks; one_document=True (static) promises that no row of segment_pos starts a
     document after its first token (optimized.one_document), for the causal attention fast path."""
     x = embed(cfg, params, tokens)
@@ -125,8 +126,11 @@ def run(
             cfg, kind, p, x, segment_pos, c, length, return_cache, impl, one_document
         )
         new_blocks.append(c)
+    new_blocks = new_blocks if return_cache else None
+    if logits == "features":  # the residual stream after the last block, before the final norm
+        return x, new_blocks
     x = x if logits == "all" else x[:, -1:]
-    return logits_from(cfg, params, x), (new_blocks if return_cache else None)
+    return logits_from(cfg, params, x), new_blocks
 
 
 def stack_blocks(cfg: ModelConfig, params: dict) -> dict:

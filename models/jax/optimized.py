@@ -34,6 +34,8 @@ backward: a training step of MQA-400M at T = 4096 (batch 4) asked for 95.5 GB on
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 
 import jax
@@ -329,3 +331,61 @@ def decode_step_gemv(
         cap=cfg.logits_soft_cap or None,
     )
     return logits[:, None], new_blocks
+
+
+def chunked_loss(cfg: ModelConfig, params: dict, features, targets, chunk_tokens: int = 2048):
+    """Mean float32 next-token cross-entropy of the logits of `features` (the residual stream
+    after the last block, [b, t, d]) without the [b, t, vocab] logits in memory: the final norm,
+    then linear_cross_entropy. The JAX twin of models.torch.optimized.chunked_loss; equals the
+    cross-entropy of models.jax.model.logits_from(cfg, params, features)."""
+    x = layers.rms_norm(params["final_norm"], features, cfg.norm_eps)
+    w = params["embedder"]["input_embedding"]
+    cap = float(cfg.logits_soft_cap or 0.0)
+    return linear_cross_entropy(
+        x.reshape(-1, x.shape[-1]), w, targets.reshape(-1), cap, chunk_tokens
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def linear_cross_entropy(x, w, targets, cap: float, chunk_tokens: int):
+    """sum over tokens of cross-entropy(cap(x @ w.T), targets) / n for x [n, d], w [vocab, d],
+    targets int [n]: chunk by chunk of tokens (one jax.lax.scan; a chunk holds
+    gcd(n, chunk_tokens) tokens), with the gradients computed in the forward pass, so the
+    backward neither holds nor recomputes any logits (as torch's _LinearCrossEntropy). The
+    logits are rounded to x's dtype, as the model's are, and the loss taken in float32."""
+    return _linear_cross_entropy(x, w, targets, cap, chunk_tokens)[0]
+
+
+def _linear_cross_entropy(x, w, targets, cap, chunk_tokens):
+    n, d = x.shape
+    c = math.gcd(n, chunk_tokens)
+    f32 = jnp.float32
+
+    def chunk(dw, xt):
+        xc, tc = xt
+        z = (xc @ w.T).astype(f32)  # [c, vocab]
+        t = jnp.tanh(z / cap) if cap else None
+        z = t * cap if cap else z
+        lse = jax.nn.logsumexp(z, axis=-1)
+        loss = jnp.sum(lse - jnp.take_along_axis(z, tc[:, None], axis=-1)[:, 0])
+        g = jnp.exp(z - lse[:, None]) - jax.nn.one_hot(tc, z.shape[-1], dtype=f32)
+        g = (g * (1 - t * t) if cap else g) / n
+        g = g.astype(x.dtype)
+        dx = (g @ w).astype(x.dtype)
+        return dw + jnp.dot(g.T, xc, preferred_element_type=f32), (loss, dx)
+
+    xs = (x.reshape(n // c, c, d), targets.reshape(n // c, c))
+    dw, (losses, dx) = jax.lax.scan(chunk, jnp.zeros(w.shape, f32), xs)
+    return jnp.sum(losses) / n, (dx.reshape(n, d), dw.astype(w.dtype))
+
+
+def _linear_cross_entropy_fwd(x, w, targets, cap, chunk_tokens):
+    return _linear_cross_entropy(x, w, targets, cap, chunk_tokens)
+
+
+def _linear_cross_entropy_bwd(cap, chunk_tokens, res, ct):
+    dx, dw = res
+    return dx * ct.astype(dx.dtype), dw * ct.astype(dw.dtype), None
+
+
+linear_cross_entropy.defvjp(_linear_cross_entropy_fwd, _linear_cross_entropy_bwd)
