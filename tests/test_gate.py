@@ -310,3 +310,52 @@ def test_marked_timer_times_every_prefix():
     assert out[4].median_ms >= 20 and out[1].first_ms is None
     with pytest.raises(RuntimeError, match="never reached mark"):
         CpuTimer().measure_marked(work, [1, 9], cfg=cfg)
+
+
+def test_a_reference_out_of_memory_in_float32_falls_back_keeping_what_it_stored(
+    monkeypatch, tmp_path
+):
+    """The reference job's float32 pass runs out of memory at its second point: that point's
+    reference is taken in the case dtype (no floor), the first keeps its float32 one."""
+    import json
+    import types
+
+    import torch
+
+    from bench import workloads
+    from bench.runner import _point_dict
+    from bench.worker import _gate_path, run_reference
+
+    body = """
+[[case]]
+workload = "prefill"
+models = ["griffin-tiny"]
+impls = ["ours-torch-reference"]
+dtype = "bfloat16"
+batch = 1
+prompt = [8, 16]
+"""
+    points = suite.load(str(write_suite(tmp_path, body)), "cpu").points
+    real = workloads.workload
+
+    def flaky(name):
+        wl = real(name)
+
+        def gate(handle, cfg, p, seed):
+            if p["prompt"] == 16 and next(handle.model.parameters()).dtype == torch.float32:
+                raise torch.OutOfMemoryError("CUDA out of memory (planted)")
+            return wl.gate(handle, cfg, p, seed)
+
+        return types.SimpleNamespace(gate=gate)
+
+    monkeypatch.setattr(workloads, "workload", flaky)
+    job = {"device": "cpu", "gate_dir": str(tmp_path), "points": [_point_dict(p) for p in points]}
+    run_reference(job, lambda *a: None)
+    info = {
+        dict(p.params)["prompt"]: json.loads(
+            _gate_path(str(tmp_path), p.gate_key).with_suffix(".json").read_text()
+        )
+        for p in points
+    }
+    assert info[8]["reference_dtype"] == "float32" and info[8]["floor"] > 0
+    assert info[16]["reference_dtype"] == "bfloat16" and "floor" not in info[16]
