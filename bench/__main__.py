@@ -321,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
         help="exit 1 if any point is slower (its 95%% interval of B/A lies above 1)",
     )
 
+    p_head = sub.add_parser(
+        "headline", help="the README's headline tables from one device's records folder"
+    )
+    p_head.add_argument("folder", help="a records folder, e.g. results/h200")
+    p_head.add_argument("--write", metavar="README", help="replace that file's headline section")
+
     p_ceil = sub.add_parser("ceilings", help="measure copy bandwidth and matmul rate here")
     p_ceil.add_argument("--device", choices=["cpu", "cuda"])
 
@@ -345,6 +351,17 @@ def main(argv: list[str] | None = None) -> int:
                 workloads=args.workload,
                 statuses=args.status,
             )
+        elif args.command == "headline":
+            from bench import headline
+
+            folder = Path(args.folder)
+            if not folder.is_dir():
+                raise ValueError(f"{folder}: not a records folder (e.g. results/h200)")
+            if args.write:
+                headline.write(folder, Path(args.write))
+                print(f"{args.write}: headline section of {folder} written")
+            else:
+                print(headline.tables(folder), end="")
         elif args.command == "ceilings":
             from bench import ceilings, runner
 
