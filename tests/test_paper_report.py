@@ -306,3 +306,18 @@ def test_log_axes_label_whole_numbers(paper_file):
     )
     assert list(fig.layout.xaxis.ticktext) == ["1", "2", "5", "10", "20"]
     assert fig.layout.yaxis.tickvals is None  # a linear axis keeps its ticks
+
+
+def test_the_fitted_growth_exponent_is_printed_beside_each_line(tmp_path):
+    """k of time ∝ x^k, fitted in log-log: beside the last point of each Fig. 3 / Fig. 4 line,
+    in the kernels' hover; none with fewer than three lengths."""
+    assert figures.growth([1, 2, 4, 8], [3, 6, 12, 24]) == pytest.approx(1.0)
+    assert figures.growth([2048, 4096, 8192], [5, 5, 5]) == pytest.approx(0.0, abs=1e-12)
+    assert figures.growth([1, 2], [1, 4]) is None and figures.growth([1, 1, 1], [1, 2, 3]) is None
+    recs = [train(f"{f}-400m", t, ms * t**k) for f, ms, k in (("mqa", 1.0, 0.5), ("hawk", 2.0, 0.0))
+            for t in (2048, 4096, 8192)]  # fmt: skip
+    path = tmp_path / "growth.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    fig = figures.train_vs_length(data.load([path])[0])
+    labels = {tr.name: [x for x in tr.text if x] for tr in fig.fig.data if tr.text}
+    assert labels == {"mqa 400m": ["∝T^0.50"], "hawk 400m": ["∝T^0.00"]}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import plotly.colors
 import plotly.graph_objects as go
@@ -68,7 +69,32 @@ class Figure:
 
 
 def _line(x, y, name, **kw) -> go.Scatter:
-    return go.Scatter(x=list(x), y=list(y), name=name, mode="lines+markers", **kw)
+    return go.Scatter(x=list(x), y=list(y), name=name, **{"mode": "lines+markers", **kw})
+
+
+def growth(x, y) -> float | None:
+    """The exponent k of y ∝ x^k fitted to a line's points (least squares in log-log), or None
+    with fewer than three distinct positive x."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(np.unique(x)) < 3:
+        return None
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+
+
+def _growth_label(x, y, var: str) -> dict:
+    """Trace arguments that print the fitted exponent beside the line's last point."""
+    k = growth(x, y)
+    if k is None:
+        return {}
+    n = len(list(x))
+    return dict(
+        mode="lines+markers+text",
+        text=[""] * (n - 1) + [f"∝{var}^{k:.2f}"],
+        textposition="middle right",
+        textfont=dict(size=10),
+    )
 
 
 def _log_ticks(values) -> list[float]:
@@ -224,6 +250,7 @@ def train_vs_length(df: pd.DataFrame, colors: dict | None = None) -> Figure:
                         g["seq_len"],
                         g["median_ms"] / ref,
                         f"{family} {size}",
+                        **_growth_label(g["seq_len"], g["median_ms"], "T"),
                         legendgroup=f"{family}{size}",
                         line=dict(color=family_color(family)),
                         meta=colour_of("family", family),
@@ -238,7 +265,9 @@ def train_vs_length(df: pd.DataFrame, colors: dict | None = None) -> Figure:
         fig.update_xaxes(title_text="sequence length", **_ticks(ds["seq_len"]), row=1, col=col)
     fig.update_yaxes(title_text="step time / MQA's at the shortest length", row=1, col=1)
     note = (
-        "Fixed tokens per batch: the batch shrinks as the length grows. "
+        "Fixed tokens per batch: the batch shrinks as the length grows. Beside each line's last "
+        "point: k of step time ∝ T^k fitted to its points (0: the cost does not grow with the "
+        "length). "
         + _impl_menu(fig, trace_impls)
         + " An implementation measured only at some lengths appears only there. "
         + "; ".join(notes)
@@ -299,6 +328,7 @@ def decode_latency(df: pd.DataFrame, colors: dict | None = None) -> Figure:
                             g["steps"],
                             g["median_ms"],
                             name,
+                            **_growth_label(g["steps"], g["median_ms"], "N"),
                             legendgroup=name,
                             showlegend=(impl, name) not in legend,
                             line=dict(color=color),
@@ -339,7 +369,9 @@ def decode_latency(df: pd.DataFrame, colors: dict | None = None) -> Figure:
         fig.update_xaxes(title_text="tokens sampled", **_ticks(dp["steps"]), row=1, col=col)
     fig.update_yaxes(title_text="latency (ms)", row=1, col=1)
     note = (
-        f"Batch {batch}; median with p20-p80 bars. {_impl_menu(fig, trace_impls)} "
+        f"Batch {batch}; median with p20-p80 bars; beside each measured line's last point, k of "
+        f"latency ∝ N^k fitted to its points (1: a constant cost per step). "
+        f"{_impl_menu(fig, trace_impls)} "
         "Dashed: the paper's decode model, the weights and the cache read once per step at the "
         "copy bandwidth measured in the same run (work.bytes / copy GB/s). A prefill of 1 stands "
         "for the paper's empty prompt."
@@ -428,6 +460,8 @@ def kernels(df: pd.DataFrame, colors: dict | None = None) -> Figure:
         dw = d[(d["workload"] == wl) & (d["direction"] == direction)]
         for impl, g in dw.groupby("impl", sort=False):
             g = g.sort_values("seq_len")
+            k = growth(g["seq_len"], g["median_ms"])
+            fit = "" if k is None else f", time ∝ T^{k:.2f} over the line"
             fig.add_trace(
                 _line(
                     g["seq_len"],
@@ -438,7 +472,9 @@ def kernels(df: pd.DataFrame, colors: dict | None = None) -> Figure:
                     line=dict(color=colors[impl]),
                     meta=colour_of("impl", impl),
                     customdata=g["mbu"] * 100,
-                    hovertemplate="%{x}: %{y:.4g} GB/s (%{customdata:.0f}% of copy)<extra>"
+                    hovertemplate="%{x}: %{y:.4g} GB/s (%{customdata:.0f}% of copy"
+                    + fit
+                    + ")<extra>"
                     + impl
                     + "</extra>",
                 ),
