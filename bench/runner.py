@@ -113,6 +113,19 @@ class Progress:
             flush=True,
         )
 
+    def job(self, job: dict, wall_s: float, first_s: float | None) -> None:
+        """Where a suite's time goes beyond its points: one line per worker job, with its wall
+        time (process start, imports and builds included) and the time to its first result."""
+        points = job.get("points") or []
+        what = job["kind"]
+        if points:
+            p = points[0]
+            what += f" {p['model']} {p['dtype']}"
+        if job.get("impl"):
+            what += f" {job['impl']['name']}"
+        first = "" if first_s is None else f", first result after {first_s:.1f} s"
+        self.note(f"  job {what}: {wall_s:.1f} s{first}")
+
     def note(self, text: str) -> None:
         if self.enabled:
             print(text, file=sys.stderr, flush=True)
@@ -300,7 +313,10 @@ def _execute(
     """Run one job in a worker process; its exit code, or TIMED_OUT when it was killed after
     `point_timeout` seconds without a result."""
 
+    started, first = time.monotonic(), []
+
     def emit(kind, *fields):
+        first or first.append(time.monotonic() - started)
         if kind == "done":
             key, status, median = fields
             prog.point(labels.get(key, key), status, median)
@@ -308,7 +324,9 @@ def _execute(
             on_ceilings(json.loads(fields[0]))
 
     if not isolate:
-        return run_job(job, emit)
+        code = run_job(job, emit)
+        prog.job(job, time.monotonic() - started, first[0] if first else None)
+        return code
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -346,4 +364,5 @@ def _execute(
         proc.wait()
         raise
     code = proc.wait()
+    prog.job(job, time.monotonic() - started, first[0] if first else None)
     return TIMED_OUT if timed_out.is_set() else code

@@ -380,7 +380,9 @@ def run_measure(job: dict, emit) -> int:
         wl, params, seed = workload(p.workload), p.param_dict, input_seed(p.input_key)
         try:
             ref, ref_info = _reference(job["gate_dir"], p.gate_key)
+            t_gate = time.perf_counter()
             out = wl.gate(handle, cfg, params, seed)
+            rec["extra"]["gate_s"] = time.perf_counter() - t_gate
             errs = rel_errors(out, ref)
             err, tol = max(errs.values()), gate_tolerance(dtype, ref_info)
             rec["correctness"] = {

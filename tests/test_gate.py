@@ -293,6 +293,46 @@ def test_which_decodes_read_their_whole_reserve():
     assert not ours_torch_optimized.Handle(mqa, Gpu("cpu")).reads_reserve
 
 
+def test_the_optimized_handle_keeps_a_small_decoder_beside_a_large_one(monkeypatch):
+    """A throughput gate's decoder (batch 4) survives the generation's (batch 32) and is reused by
+    the next length's gate; a probe at another large batch drops the previous probe's decoder (a
+    probe never shares memory with another); the MAX_BUILT-th next build resets torch.compile
+    and drops everything."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import models.torch.optimized
+    from bench.backends import TorchBackend
+    from bench.impls import ours_torch_optimized as opt
+
+    class Decoder:  # what fresh() asks of a StaticDecoder
+        def __init__(self, model, cache, capacity):
+            self.batch_size, self.capacity, self.loads = cache.batch_size, capacity, 0
+
+        def load(self, cache):
+            self.loads += 1
+
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+    monkeypatch.setattr(models.torch.optimized, "StaticDecoder", Decoder)
+    model = source_model("griffin-tiny", "float32", "cpu").use_impl("optimized")
+    h = opt.Handle(model, TorchBackend("cpu"))
+
+    def cache(batch):
+        return SimpleNamespace(batch_size=batch, length=3)
+
+    gate = h.fresh(cache(4), 20)
+    big = h.fresh(cache(32), 20)
+    assert set(h._decoders) == {4, 32}
+    assert h.fresh(cache(4), 10) is gate and gate.loads == 1  # room enough: reloaded
+    other = h.fresh(cache(16), 20)  # another probe: 32 goes, and 4 (not 1/8 of 16) too
+    assert set(h._decoders) == {16} and other is not big and not resets
+    h.fresh(cache(4), 20)  # the fourth build: torch.compile reset first, everything dropped
+    assert resets == [1] and set(h._decoders) == {4}
+    assert opt.MAX_BUILT == 3
+
+
 def test_marked_timer_times_every_prefix():
     import time
 
