@@ -293,6 +293,23 @@ def test_which_decodes_read_their_whole_reserve():
     assert not ours_torch_optimized.Handle(mqa, Gpu("cpu")).reads_reserve
 
 
+def test_which_jax_decodes_read_their_whole_reserve(monkeypatch):
+    """ours-jax-optimized reads the whole reserve where its global attention is XLA's (the CPU),
+    not where it is the Pallas decode attention (a GPU's default; forced here)."""
+    from bench.backends import JaxBackend
+    from bench.impls import ours_jax, ours_jax_optimized
+    from models.jax.optimized import DECODE_ATTENTION_ENV
+
+    be = JaxBackend("cpu")
+    mqa = source_model("mqa-tiny", "float32", "cpu")
+    monkeypatch.delenv(DECODE_ATTENTION_ENV, raising=False)
+    assert ours_jax.build(mqa, "float32", be).reads_reserve
+    assert ours_jax_optimized.build(mqa, "float32", be).reads_reserve
+    monkeypatch.setenv(DECODE_ATTENTION_ENV, "pallas")
+    assert ours_jax.build(mqa, "float32", be).reads_reserve  # the reference: XLA always
+    assert not ours_jax_optimized.build(mqa, "float32", be).reads_reserve
+
+
 def test_the_optimized_handle_keeps_a_small_decoder_beside_a_large_one(monkeypatch):
     """A throughput gate's decoder (batch 4) survives the generation's (batch 32) and is reused by
     the next length's gate; a probe at another large batch drops the previous probe's decoder (a

@@ -9,6 +9,9 @@ model: the output layer and the loss chunk by chunk with their gradients in the 
 of the block pattern (models.jax.model.run_stacked), each repeat rematerialised in the backward
 pass; without, the blocks are unrolled (on the H200 a 400M step through the scan took
 1.02-1.33x torch's, unrolled 0.93-0.97x).
+On a GPU its decode attends over the filled slots of a global cache only
+(models.jax.optimized's Pallas decode attention): unlike the reference it does not
+`reads_reserve`.
 Whether the batch holds one document per row (the causal attention fast path) is looked up on
 the host once per new segment_pos array, a static argument of the step.
 """
@@ -23,6 +26,14 @@ def supports(cfg) -> str | None:
 
 
 class Handle(ours_jax.Handle):
+    def __init__(self, jm, params, backend):
+        from models.jax.optimized import decode_attention_implementation
+
+        super().__init__(jm, params, backend)
+        # on a GPU a decode step reads the filled slots of a global cache only (the Pallas
+        # decode attention), not the whole reserve: a shorter length reads inside a longer one
+        self.reads_reserve = self.reads_reserve and decode_attention_implementation() != "pallas"
+
     def fresh(self, cache, steps):
         from models.jax.optimized import copy_cache
 

@@ -13,10 +13,14 @@ functions, different ops. Mirrors models/torch/optimized.py; models/jax/blocks.p
   decided on the host, once per call, by the Model (a static jit argument): a document reset
   inside the chunk, a traced segment_pos (the Model called inside a user's jit) or a chunk after
   a cache take the reference attention (explicit mask).
-- Attention decode writes the new key / value into the cache first and attends over the whole
-  buffer: local attention keeps a ring buffer of window + 1 slots (the window's keys and the
-  query's own, so nothing is concatenated per step), global attention the reference's buffer that
-  doubles when full (`blocks.grow`, outside jit).
+- Attention decode writes the new key / value into the cache first and attends: local attention
+  over the whole of its ring buffer of window + 1 slots (the window's keys and the query's own,
+  so nothing is concatenated per step); global attention keeps the reference's buffer that
+  doubles when full (`blocks.grow`, outside jit; token j in slot j) and, on a GPU, attends over
+  its filled slots only (kernels.decode_attention_jax, JAX's flash-decoding Pallas kernel with a
+  dynamic loop bound: the bytes read grow with the tokens held, not with the buffer reserved for
+  a generation). `GRIFFIN_BENCH_JAX_DECODE_ATTENTION`: "auto" (the default: "pallas" on a GPU,
+  "xla" elsewhere), "xla" (the whole buffer, masked) or "pallas" (in the interpreter on a CPU).
 
 - `decode_step_gemv` (Model(decode_gemv); by default at batch 1 on a GPU): the decode step
   with its matmuls as Pallas GEMVs (kernels.gemv_jax) and their norms, biases, residuals and the
@@ -50,6 +54,8 @@ from models.jax import layers
 
 ATTENTION_ENV = "GRIFFIN_BENCH_JAX_ATTENTION"
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+DECODE_ATTENTION_ENV = "GRIFFIN_BENCH_JAX_DECODE_ATTENTION"
+DECODE_ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "pallas")
 
 
 def attention_implementation(dtype, platform: str | None = None) -> str:
@@ -64,6 +70,20 @@ def attention_implementation(dtype, platform: str | None = None) -> str:
         choice = "cudnn" if (platform or jax.default_backend()) == "gpu" else "xla"
     if choice == "cudnn" and jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
         return "xla"
+    return choice
+
+
+def decode_attention_implementation(platform: str | None = None) -> str:
+    """How a decode step attends over a global cache (see the module docstring): "xla" or
+    "pallas"; `platform`: the default backend's, unless given."""
+    choice = os.environ.get(DECODE_ATTENTION_ENV, "") or "auto"
+    if choice not in DECODE_ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(
+            f"{DECODE_ATTENTION_ENV}={choice!r}; valid values: "
+            f"{', '.join(DECODE_ATTENTION_IMPLEMENTATIONS)}"
+        )
+    if choice == "auto":
+        choice = "pallas" if (platform or jax.default_backend()) == "gpu" else "xla"
     return choice
 
 
@@ -235,9 +255,17 @@ def attention_block(
 
 
 def _attend_step(cfg: ModelConfig, cache, q, k, v, q_pos, doc_start, length):
-    """A decode step's attention: write k, v [b, 1, h] first, then attend over the whole buffer.
-    Returns (out [b, 1, n * h], the new cache)."""
+    """A decode step's attention: write k, v [b, 1, h] first, then attend over the whole ring
+    buffer (local), or over slots doc_start .. length of a global buffer (its token j in slot j)
+    where decode_attention_implementation() is "pallas". Returns (out [b, 1, n * h], the new
+    cache)."""
     cache = _write(cfg, cache, k, v, length, doc_start[:, -1])
+    if cfg.attention_window is None and decode_attention_implementation() == "pallas":
+        from kernels.decode_attention_jax import decode_attention
+
+        b, _, n, h = q.shape
+        out = decode_attention(q[:, 0], cache.k, cache.v, doc_start[:, -1], length + 1)
+        return out.reshape(b, 1, n * h), cache
     out = layers.attend(q, cache.k, cache.v, q_pos, cache.pos, doc_start, cfg.attention_window)
     return out, cache
 
