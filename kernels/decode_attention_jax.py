@@ -29,7 +29,10 @@ import jax
 import jax.numpy as jnp
 
 SPLIT_SLOTS = 512  # slots per program (split) of a long buffer
-BLOCK_K = 256  # slots per iteration of a program's loop
+BLOCK_K = 256  # slots per iteration of a program's loop, at most
+# a block's keys and values in shared memory: BLOCK_K slots of head_dim 256 asked the H200 for
+# 278528 bytes (232448 there); block_k * head_dim <= BLOCK_ELEMENTS fits (139 KB at 256)
+BLOCK_ELEMENTS = 32768
 
 
 def decode_attention_ref(q, k, v, start, stop):
@@ -44,13 +47,14 @@ def decode_attention_ref(q, k, v, start, stop):
     return jnp.einsum("bns,bsh->bnh", probs, v).astype(q.dtype)
 
 
-def layout(s: int) -> tuple[int, int] | None:
-    """(splits, block_k) for a buffer of s slots, or None where the kernel does not apply."""
-    if s % 16:
+def layout(s: int, h: int = 128) -> tuple[int, int] | None:
+    """(splits, block_k) for a buffer of s slots of head_dim h, or None where the kernel does
+    not apply."""
+    if s % 16 or h > BLOCK_ELEMENTS // 16:
         return None
     splits = s // SPLIT_SLOTS if s % SPLIT_SLOTS == 0 else 1
     split = s // splits
-    block_k = BLOCK_K
+    block_k = max(16, min(BLOCK_K, BLOCK_ELEMENTS // h))
     while split % block_k:
         block_k //= 2
     return splits, block_k
@@ -67,7 +71,7 @@ def decode_attention(q, k, v, start, stop, *, interpret: bool | None = None):
         raise ValueError(
             f"k and v must be [{b}, s, {h}] (one shared head); got {list(k.shape)}, {list(v.shape)}"
         )
-    shape = layout(k.shape[1])
+    shape = layout(k.shape[1], h)
     if shape is None:
         return decode_attention_ref(q, k, v, start, stop)
     splits, block_k = shape

@@ -66,6 +66,8 @@ def test_layout_of_a_buffer():
     assert layout(8192) == (16, 256)
     assert layout(48) == (1, 16)
     assert layout(40) is None  # not a multiple of 16: the reference
+    assert layout(8192, 256) == (16, 128)  # head_dim 256: half the slots a block (shared memory)
+    assert layout(32, 4096) is None
 
 
 def test_decode_attention_implementation_choice(monkeypatch):
